@@ -1,0 +1,1 @@
+"""Neural network modules: attention, SAME autoencoder, DiT, text conditioning, LoRA."""
