@@ -1,0 +1,171 @@
+"""Audio in and out: conversion to tensors, resampling, channel layout, files.
+
+One resampler is used everywhere: a windowed-sinc (Hann) polyphase filter with the same kernel
+as torchaudio's default `Resample` (lowpass width 6, rolloff 0.99), so inputs at any rate give the
+reference's numbers without depending on torchaudio.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SAMPLE_RATE = 44100
+
+
+@lru_cache(maxsize=32)
+def _sinc_kernel(orig: int, new: int, lowpass_width: int = 6, rolloff: float = 0.99) -> tuple[torch.Tensor, int]:
+    """Polyphase kernel (new, 1, taps) for rates already divided by their gcd; computed in float64."""
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_width * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx
+    t = (t * base).clamp(-lowpass_width, lowpass_width)
+    window = torch.cos(t * math.pi / lowpass_width / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), t.sin() / t)
+    kernel = kernel * window * (base / orig)
+    return kernel.to(torch.float32), width
+
+
+def resample(audio: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
+    """Resample along the last axis from `orig_sr` to `new_sr` (any leading shape)."""
+    if orig_sr <= 0 or new_sr <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
+    if orig_sr == new_sr:
+        return audio
+    g = math.gcd(int(orig_sr), int(new_sr))
+    orig, new = int(orig_sr) // g, int(new_sr) // g
+    kernel, width = _sinc_kernel(orig, new)
+    kernel = kernel.to(device=audio.device, dtype=audio.dtype)
+    shape = audio.shape
+    x = audio.reshape(-1, shape[-1])
+    length = x.shape[-1]
+    x = F.pad(x, (width, width + orig))
+    y = F.conv1d(x[:, None], kernel, stride=orig)
+    y = y.transpose(1, 2).reshape(x.shape[0], -1)
+    target = math.ceil(new * length / orig)
+    return y[..., :target].reshape(*shape[:-1], -1)
+
+
+def numpy_to_tensor(audio: np.ndarray, name: str = "audio") -> torch.Tensor:
+    """soundfile-style array ((T,) or (T, C); float or int16/int32 PCM) -> float32 (C, T)."""
+    if audio.dtype == np.int16:
+        t = torch.from_numpy(audio.astype(np.float32)) / 32767
+    elif audio.dtype == np.int32:
+        t = torch.from_numpy(audio.astype(np.float32)) / 2147483647
+    elif audio.dtype in (np.float32, np.float64, np.float16):
+        t = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    else:
+        raise ValueError(f"{name}: unsupported numpy dtype {audio.dtype}; allowed: float16/32/64, int16, int32")
+    if t.dim() == 1:
+        return t.unsqueeze(0)
+    if t.dim() == 2:
+        return t.transpose(0, 1)
+    raise ValueError(f"{name}: numpy audio must be (samples,) or (samples, channels), got shape {audio.shape}")
+
+
+def as_channels_first(audio, name: str = "audio") -> torch.Tensor:
+    """Tensor (T,), (C, T) or (1, C, T), or numpy (T,) / (T, C) -> float (C, T), validated."""
+    if isinstance(audio, np.ndarray):
+        t = numpy_to_tensor(audio, name)
+    elif isinstance(audio, torch.Tensor):
+        t = audio
+        if t.dim() == 3 and t.shape[0] == 1:
+            t = t[0]
+        elif t.dim() == 1:
+            t = t.unsqueeze(0)
+        if t.dim() != 2:
+            raise ValueError(
+                f"{name}: expected a tensor of shape (samples,), (channels, samples) or (1, channels, samples), "
+                f"got shape {tuple(audio.shape)}"
+            )
+        if not t.is_floating_point():
+            t = t.float()
+    else:
+        raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(audio).__name__}")
+    check_audio_values(t, name)
+    return t
+
+
+def check_audio_values(t: torch.Tensor, name: str = "audio") -> None:
+    if t.shape[-1] == 0:
+        raise ValueError(f"{name}: audio has zero samples; at least 1 sample is required")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name}: audio has zero channels; 1 or more channels are required")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: audio contains NaN or infinite samples; all samples must be finite")
+
+
+def check_sample_rate(sr, name: str = "sample_rate") -> int:
+    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float)) or sr <= 0 or int(sr) != sr:
+        raise ValueError(f"{name}={sr!r} is invalid; a positive integer number of Hz is required")
+    return int(sr)
+
+
+def set_channels(audio: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C, T) -> (channels, T): mono is duplicated, extra channels are dropped, 1 = mixdown."""
+    if channels == 1:
+        return audio.mean(0, keepdim=True)
+    if audio.shape[0] == 1:
+        return audio.repeat(channels, 1)
+    return audio[:channels]
+
+
+def pad_or_crop(audio: torch.Tensor, length: int) -> torch.Tensor:
+    out = audio.new_zeros(audio.shape[0], length)
+    n = min(length, audio.shape[-1])
+    out[:, :n] = audio[:, :n]
+    return out
+
+
+def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """Read a file (wav, flac, ogg, mp3 through libsndfile) -> ((C, T) float32, sample rate)."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises its own error types
+        raise ValueError(f"could not read audio file {path}: {e}") from e
+    audio = torch.from_numpy(data.T.copy())
+    check_audio_values(audio, str(path))
+    return audio, sr
+
+
+def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE,
+                subtype: str | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """Write (C, T) audio atomically: a temp file in the same folder, then a rename."""
+    import soundfile as sf
+
+    path = Path(path)
+    fmt = path.suffix.lstrip(".").upper()
+    if fmt not in ("WAV", "FLAC", "OGG", "MP3"):
+        raise ValueError(f"output {path}: unsupported extension {path.suffix!r}; allowed: .wav, .flac, .ogg, .mp3")
+    data = audio.detach().float().cpu().clamp(-1, 1).numpy().T
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=data.shape[1], format=fmt,
+                          subtype=subtype) as f:
+            for key, value in (metadata or {}).items():
+                try:
+                    setattr(f, key, str(value))
+                except Exception:  # not every format stores every field
+                    pass
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,399 @@
+"""SAME autoencoder (SAME-S and SAME-L): 44.1 kHz stereo <-> latents at 4096x downsampling.
+
+Data flow: patching (256 samples x 2 channels -> 512 features) -> transformer resampling block
+(16 patches + 1 learned token -> 1 latent) -> Linear -> SoftNorm bottleneck; the decoder mirrors it
+(1 latent + 16 learned tokens -> 16 patches). SAME-S attends inside 34-token chunks with a midpoint
+shift half way up the stack; SAME-L attends inside a +-17 token band over the whole sequence.
+
+Random draws (bottleneck dither, decoder mask noise) come from torch's global generator in the
+reference's order, so `torch.manual_seed(s)` reproduces the reference's decode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import apply_rope, attention, check_backend, rope_angles
+
+PI = 3.14159265359  # the literal the reference's sin(pi x) activation uses
+
+
+class DyT(nn.Module):
+    """Dynamic tanh normalisation: gamma * tanh(alpha * x) + beta."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.full((1,), 4.0))
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * torch.tanh(self.alpha * x) + self.beta
+
+
+class WNConv1d(nn.Module):
+    """Conv1d with legacy weight norm (weight = g * v / ||v||), keys weight_g / weight_v / bias."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(out_channels, 1, 1))
+        self.weight_v = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size) * 0.02)
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def weight(self) -> torch.Tensor:
+        v = self.weight_v
+        return v * (self.weight_g / v.norm(dim=(1, 2), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv1d(x, self.weight(), self.bias, padding="same")
+
+
+class GLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int, sinusoidal: bool):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.sinusoidal = sinusoidal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.proj(x).chunk(2, dim=-1)
+        gate = torch.sin(PI * gate) if self.sinusoidal else F.silu(gate)
+        return value * gate
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int, sinusoidal: bool):
+        super().__init__()
+        inner = dim * mult
+        # Index 1 is an identity so that the official keys ff.0.proj / ff.2 line up.
+        self.ff = nn.Sequential(GLU(dim, inner, sinusoidal), nn.Identity(), nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(x)
+
+
+class DiffSelfAttention(nn.Module):
+    """Differential self-attention: softmax(q k) v - softmax(q' k') v, DyT qk-norm, half RoPE."""
+
+    def __init__(self, dim: int, dim_heads: int, differential: bool = True):
+        super().__init__()
+        self.heads = dim // dim_heads
+        self.differential = differential
+        self.to_qkv = nn.Linear(dim, dim * (5 if differential else 3), bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.q_norm = DyT(dim_heads)
+        self.k_norm = DyT(dim_heads)
+
+    def forward(self, x: torch.Tensor, angles: torch.Tensor, window: tuple[int, int] | None,
+                backend: str) -> torch.Tensor:
+        b, n, _ = x.shape
+        parts = self.to_qkv(x).unflatten(-1, (-1, self.heads, x.shape[-1] // self.heads)).permute(0, 2, 3, 1, 4)
+        # parts: (B, 5|3, H, N, Dh) in the order q, k, v[, q_diff, k_diff]
+        q, k, v = parts[:, 0], parts[:, 1], parts[:, 2]
+        if self.differential:
+            q = torch.stack((q, parts[:, 3]), dim=1)
+            k = torch.stack((k, parts[:, 4]), dim=1)
+        q = apply_rope(self.q_norm(q), angles).to(v.dtype)
+        k = apply_rope(self.k_norm(k), angles).to(v.dtype)
+        if self.differential:
+            out = attention(q[:, 0], k[:, 0], v, window=window, backend=backend)
+            out = out - attention(q[:, 1], k[:, 1], v, window=window, backend=backend)
+        else:
+            out = attention(q, k, v, window=window, backend=backend)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class SAMEBlock(nn.Module):
+    """Pre-norm transformer block: x + attn(DyT(x)); x + FF(DyT(x)). No conditioning."""
+
+    def __init__(self, dim: int, dim_heads: int, ff_mult: int, differential: bool, sinusoidal: bool):
+        super().__init__()
+        self.pre_norm = DyT(dim)
+        self.self_attn = DiffSelfAttention(dim, dim_heads, differential)
+        self.ff_norm = DyT(dim)
+        self.ff = FeedForward(dim, ff_mult, sinusoidal)
+        rope_dim = dim_heads // 2
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, rope_dim, 2).float() / rope_dim))
+        self.rope = nn.Module()
+        self.rope.register_buffer("inv_freq", inv_freq)
+
+    def forward(self, x: torch.Tensor, window: tuple[int, int] | None, backend: str) -> torch.Tensor:
+        angles = rope_angles(self.rope.inv_freq, x.shape[-2])
+        x = x + self.self_attn(self.pre_norm(x), angles, window, backend)
+        return x + self.ff(self.ff_norm(x))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int, dim: int) -> torch.Tensor:
+    """Zero-pad `dim` at the end up to a multiple of `multiple`."""
+    extra = (-x.shape[dim]) % multiple
+    if extra == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+class ResamplingBlock(nn.Module):
+    """Transformer resampling block: `stride` positions <-> 1 latent via learned tokens.
+
+    Encoder: each group of `stride` patches gets one learned token appended; the token's output is
+    the latent. Decoder: each latent gets `stride` learned tokens appended; their outputs are the
+    patches. Sub-chunks of stride+1 tokens are the unit both attention patterns are built from.
+    """
+
+    def __init__(self, kind: str, in_channels: int, out_channels: int, stride: int, depth: int,
+                 dim_heads: int, chunk_size: int = 128, chunk_midpoint_shift: bool = False,
+                 sliding_window: list[int] | None = None, differential: bool = True, ff_mult: int = 3,
+                 sinusoidal_blocks: int = 0, mask_noise: float = 0.0, conv_mapping: bool = False):
+        super().__init__()
+        if kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind={kind!r}; allowed: 'encoder', 'decoder'")
+        self.kind = kind
+        self.stride = stride
+        self.sub_chunk = stride + 1
+        self.chunk_size = chunk_size
+        self.midpoint_shift = chunk_midpoint_shift
+        self.window = None if sliding_window is None else tuple(w * self.sub_chunk for w in sliding_window)
+        self.mask_noise = mask_noise
+        self.depth = depth
+        dim = out_channels if kind == "encoder" else in_channels
+        self.mapping = WNConv1d(in_channels, out_channels, 3 if conv_mapping else 1)
+        self.new_tokens = nn.Parameter(torch.zeros(1, 1, dim))
+        self.transformers = nn.ModuleList(
+            SAMEBlock(dim, dim_heads, ff_mult, differential, sinusoidal=(depth - i) < sinusoidal_blocks)
+            for i in range(depth)
+        )
+        if self.window is None and chunk_size % stride:
+            raise ValueError(f"chunk_size {chunk_size} must be a multiple of stride {stride}")
+        # Chunked attention unit: chunk_size positions plus their learned tokens (34 for SAME-S).
+        self.attn_chunk = chunk_size + chunk_size // stride
+
+    def _run_stack(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        if self.window is not None:
+            for block in self.transformers:
+                x = block(x, self.window, backend)
+            return x
+        b = x.shape[0]
+        c = self.attn_chunk
+        split = self.depth // 2 if self.midpoint_shift else self.depth
+        x = x.reshape(-1, c, x.shape[-1])
+        for block in self.transformers[:split]:
+            x = block(x, None, backend)
+        x = x.reshape(b, -1, x.shape[-1])
+        if split == self.depth:
+            return x
+        # Second half: chunks shifted by half a chunk; the ends are padded with copies of
+        # their own first / last half chunk (whole sub-chunks, original order).
+        shift = c // 2
+        x = torch.cat([x[:, :shift], x, x[:, -shift:]], dim=1).reshape(-1, c, x.shape[-1])
+        for block in self.transformers[split:]:
+            x = block(x, None, backend)
+        return x.reshape(b, -1, x.shape[-1])[:, shift:-shift]
+
+    def forward(self, x: torch.Tensor, noise: bool = True, backend: str = "auto") -> torch.Tensor:
+        b = x.shape[0]
+        if self.kind == "encoder":
+            x = pad_to_multiple(x, self.chunk_size if self.window is None else self.stride, dim=-1)
+            x = self.mapping(x)
+        x = x.transpose(1, 2)  # (B, positions, D)
+        d = x.shape[-1]
+        if self.kind == "encoder":
+            groups, group_len, new_count = x.shape[1] // self.stride, self.stride, 1
+        else:
+            if self.window is None:
+                x = pad_to_multiple(x, self.chunk_size // self.stride, dim=1)
+            groups, group_len, new_count = x.shape[1], 1, self.stride
+        x = x.reshape(b * groups, group_len, d)
+        tokens = self.new_tokens.expand(b * groups, new_count, d)
+        if self.mask_noise > 0 and noise:
+            tokens = tokens + torch.randn_like(tokens) * self.mask_noise
+        x = torch.cat([x, tokens.to(x.dtype)], dim=1).reshape(b, groups * self.sub_chunk, d)
+        x = self._run_stack(x, backend)
+        x = x.reshape(b, groups, self.sub_chunk, d)[:, :, -new_count:]
+        x = x.reshape(b, groups * new_count, d).transpose(1, 2)
+        if self.kind == "decoder":
+            x = self.mapping(x)
+        return x
+
+
+class Transpose(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(-1, -2)
+
+
+def _block_kwargs(cfg: dict) -> dict:
+    return dict(
+        stride=cfg["strides"][0],
+        depth=cfg["transformer_depths"][0],
+        dim_heads=cfg["dim_heads"],
+        chunk_size=cfg.get("chunk_size", 128),
+        chunk_midpoint_shift=cfg.get("chunk_midpoint_shift", False),
+        sliding_window=cfg.get("sliding_window"),
+        differential=cfg.get("differential", True),
+        ff_mult=cfg.get("ff_mult", 3),
+        mask_noise=cfg.get("mask_noise", 0.0),
+        conv_mapping=cfg.get("conv_mapping", False),
+    )
+
+
+def _check_same_config(cfg: dict, side: str) -> None:
+    if len(cfg["c_mults"]) != 1 or len(cfg["strides"]) != 1:
+        raise ValueError(f"{side}: only single-stage SAME configs are supported (c_mults {cfg['c_mults']})")
+    if not cfg.get("dyt", True) or not cfg.get("variable_stride", True):
+        raise ValueError(f"{side}: SAME configs with dyt=false or variable_stride=false are not supported")
+
+
+class SAMEEncoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        _check_same_config(cfg, "encoder")
+        width = cfg["channels"] * cfg["c_mults"][0]
+        self.layers = nn.ModuleList([
+            ResamplingBlock("encoder", cfg["in_channels"], width, **_block_kwargs(cfg)),
+            Transpose(),
+            nn.Linear(width, cfg["latent_dim"]),
+            Transpose(),
+        ])
+
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        x = self.layers[0](x, backend=backend)
+        return self.layers[2](x.transpose(1, 2)).transpose(1, 2)
+
+
+class SAMEDecoder(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        _check_same_config(cfg, "decoder")
+        width = cfg["channels"] * cfg["c_mults"][0]
+        sinusoidal = cfg.get("sinusoidal_blocks", [0])[0]
+        self.layers = nn.ModuleList([
+            Transpose(),
+            nn.Linear(cfg["latent_dim"], width),
+            Transpose(),
+            ResamplingBlock("decoder", width, cfg["out_channels"], sinusoidal_blocks=sinusoidal,
+                            **_block_kwargs(cfg)),
+        ])
+
+    def forward(self, z: torch.Tensor, noise: bool = True, backend: str = "auto") -> torch.Tensor:
+        x = self.layers[1](z.transpose(1, 2)).transpose(1, 2)
+        return self.layers[3](x, noise=noise, backend=backend)
+
+
+class SoftNormBottleneck(nn.Module):
+    """Per-channel affine then a global scale by the (frozen) running std of the latents."""
+
+    def __init__(self, dim: int, noise_augment_dim: int = 0, noise_regularize: bool = False,
+                 auto_scale: bool = True, **_: object):
+        super().__init__()
+        if noise_augment_dim:
+            raise ValueError("softnorm bottleneck: noise_augment_dim > 0 is not supported")
+        if not auto_scale:
+            raise ValueError("softnorm bottleneck: auto_scale=false is not supported")
+        self.scaling_factor = nn.Parameter(torch.ones(1, dim, 1))
+        self.bias = nn.Parameter(torch.zeros(1, dim, 1))
+        self.noise_scaling_factor = nn.Parameter(torch.ones(1, 0, 1))
+        self.running_std = nn.Parameter(torch.ones(1), requires_grad=False)
+        self.noise_regularize = noise_regularize
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.scaling_factor + self.bias) / self.running_std
+
+    def decode(self, z: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        x = z * self.running_std
+        if self.noise_regularize and noise:
+            # A -60 dB dither the reference applies at inference too.
+            x = x + torch.randn_like(x) * self.running_std * 1e-3
+        return x
+
+
+class SAMEAutoencoder(nn.Module):
+    """Patching + SAME encoder/decoder + SoftNorm bottleneck, with the reference's chunking."""
+
+    def __init__(self, cfg: dict, sample_rate: int = 44100):
+        super().__init__()
+        patched = cfg["pretransform"]
+        if patched.get("type") != "patched":
+            raise ValueError(f"unsupported autoencoder pretransform type {patched.get('type')!r}; expected 'patched'")
+        for part in ("encoder", "decoder"):
+            if cfg[part]["type"] != "same":
+                raise ValueError(f"unsupported {part} type {cfg[part]['type']!r}; expected 'same'")
+        if cfg["bottleneck"]["type"] != "softnorm":
+            raise ValueError(f"unsupported bottleneck type {cfg['bottleneck']['type']!r}; expected 'softnorm'")
+        self.patch_size = patched["config"]["patch_size"]
+        self.audio_channels = patched["config"]["channels"]
+        self.latent_dim = cfg["latent_dim"]
+        self.downsampling_ratio = cfg["downsampling_ratio"]
+        self.sample_rate = sample_rate
+        self.encoder = SAMEEncoder(cfg["encoder"]["config"])
+        self.decoder = SAMEDecoder(cfg["decoder"]["config"])
+        self.bottleneck = SoftNormBottleneck(**cfg["bottleneck"]["config"])
+        self.attention_backend = "auto"
+
+    def set_attention_backend(self, backend: str | None) -> None:
+        self.attention_backend = check_backend(backend)
+
+    # -- one pass ---------------------------------------------------------------------------
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, C, N) audio at the model rate -> (B, latent_dim, T) latents, in one pass."""
+        x = pad_to_multiple(audio, self.patch_size, dim=-1)
+        b, c, _ = x.shape
+        x = x.reshape(b, c, -1, self.patch_size).permute(0, 1, 3, 2).reshape(b, c * self.patch_size, -1)
+        x = self.encoder(x, backend=self.attention_backend)
+        return self.bottleneck.encode(x)
+
+    def decode(self, latents: torch.Tensor, noise: bool = True) -> torch.Tensor:
+        """(B, latent_dim, T) -> (B, C, T' * 4096) audio in one pass (T' = T, or even for SAME-S)."""
+        x = self.bottleneck.decode(latents, noise=noise)
+        x = self.decoder(x, noise=noise, backend=self.attention_backend)
+        b, _, length = x.shape
+        x = x.reshape(b, self.audio_channels, self.patch_size, length).permute(0, 1, 3, 2)
+        return x.reshape(b, self.audio_channels, length * self.patch_size)
+
+    # -- chunked ----------------------------------------------------------------------------
+    def encode_audio(self, audio: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
+                     overlap: int = 32) -> torch.Tensor:
+        """Encode, optionally in overlapping chunks (sizes in latents) stitched by hard cuts."""
+        hop = self.downsampling_ratio
+        total = audio.shape[-1]
+        if not chunked or total < chunk_size * hop:
+            return self.encode(audio)
+        starts = chunk_starts(total, chunk_size * hop, (chunk_size - overlap) * hop)
+        chunks = [self.encode(audio[..., s : s + chunk_size * hop]) for s in starts]
+        out_starts = [s // hop for s in starts[:-1]] + [total // hop - chunk_size]
+        return stitch(chunks, out_starts, total // hop, chunk_size, overlap // 2)
+
+    def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
+                     overlap: int = 32, noise: bool = True) -> torch.Tensor:
+        """Decode, optionally in overlapping chunks; each chunk makes its own noise draws."""
+        total = latents.shape[-1]
+        if not chunked or total < chunk_size:
+            return self.decode(latents, noise=noise)
+        starts = chunk_starts(total, chunk_size, chunk_size - overlap)
+        chunks = [self.decode(latents[..., s : s + chunk_size], noise=noise) for s in starts]
+        hop = self.downsampling_ratio
+        out_starts = [s * hop for s in starts]
+        return stitch(chunks, out_starts, total * hop, chunk_size * hop, (overlap // 2) * hop)
+
+
+def chunk_starts(total: int, size: int, hop: int) -> list[int]:
+    """Chunk offsets 0, hop, 2*hop, ...; the last chunk is anchored to the end."""
+    if hop <= 0:
+        raise ValueError(f"overlap must be smaller than chunk_size (hop {hop})")
+    starts = list(range(0, total - size + 1, hop))
+    if starts[-1] != total - size:
+        starts.append(total - size)
+    return starts
+
+
+def stitch(chunks: list[torch.Tensor], starts: list[int], total: int, size: int, trim: int) -> torch.Tensor:
+    """Hard-cut stitching: drop `trim` from every inner edge; later chunks overwrite earlier ones."""
+    out = chunks[0].new_zeros(*chunks[0].shape[:-1], total)
+    last = len(chunks) - 1
+    for i, (start, chunk) in enumerate(zip(starts, chunks)):
+        if i == last:
+            start = total - size
+        left = 0 if i == 0 else trim
+        right = size if i == last else size - trim
+        out[..., start + left : start + right] = chunk[..., left:right]
+    return out
