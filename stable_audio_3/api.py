@@ -107,7 +107,7 @@ class AutoencoderModel:
         else:
             rates = [check_sample_rate(sr, "sr")] * len(items)
         clips = []
-        for i, (item, rate) in enumerate(zip(items, rates)):
+        for i, (item, rate) in enumerate(zip(items, rates, strict=True)):
             name = "audio" if len(items) == 1 else f"audio[{i}]"
             clip = as_channels_first(item, name).to(self.device, torch.float32)
             clips.append(resample(clip, rate, self.sample_rate))

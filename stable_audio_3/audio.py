@@ -164,6 +164,9 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
                 except Exception:  # not every format stores every field
                     pass
             f.write(data)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,8 @@ FIXTURES = ("tiny-small", "tiny-medium")
 
 def golden_root() -> Path:
     if not (GOLDEN / "tiny-small" / "cases" / "index.json").is_file():
+        if os.environ.get("SA3_REQUIRE_GOLDEN"):
+            pytest.fail(f"golden fixtures required (SA3_REQUIRE_GOLDEN) but not found at {GOLDEN}")
         pytest.skip(f"golden fixtures not found at {GOLDEN} (set SA3_GOLDEN to run parity tests)")
     return GOLDEN
 
@@ -31,7 +33,7 @@ def fixture_dir(fixture: str) -> Path:
     return golden_root() / fixture
 
 
-@lru_cache(maxsize=None)
+@cache
 def index(fixture: str) -> dict:
     return json.loads((fixture_dir(fixture) / "cases" / "index.json").read_text())
 
@@ -56,12 +58,12 @@ def all_cases(kind: str, semantics: str | None = None) -> list[tuple[str, str]]:
     return pairs or [("tiny-small", "<golden fixtures absent>")]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tensors(path: str) -> dict[str, torch.Tensor]:
     return load_file(path)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tolerances() -> dict:
     return json.loads((golden_root() / "tolerances.json").read_text())["recommended"]
 

@@ -77,7 +77,7 @@ def test_write_then_read(tmp_path: Path, ext: str) -> None:
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="NOT_A_SUBTYPE"):
         write_audio(tmp_path / "x.wav", torch.zeros(2, 100), 44100, subtype="NOT_A_SUBTYPE")
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match=r"unsupported extension '\.aiff'; allowed: \.wav"):

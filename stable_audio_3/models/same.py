@@ -390,7 +390,7 @@ def stitch(chunks: list[torch.Tensor], starts: list[int], total: int, size: int,
     """Hard-cut stitching: drop `trim` from every inner edge; later chunks overwrite earlier ones."""
     out = chunks[0].new_zeros(*chunks[0].shape[:-1], total)
     last = len(chunks) - 1
-    for i, (start, chunk) in enumerate(zip(starts, chunks)):
+    for i, (start, chunk) in enumerate(zip(starts, chunks, strict=True)):
         if i == last:
             start = total - size
         left = 0 if i == 0 else trim
