@@ -1,0 +1,259 @@
+"""The tensor bookkeeping of generate() before sampling: lengths, the padding mask, the inpaint mask and
+the DiT's local-add conditioning.
+
+Lengths. The latent sequence covers the longest requested duration plus `duration_padding_sec` of
+headroom (6 s by default), rounded up to whole latents and then to the autoencoder's attention-chunk
+alignment (2 latents), and capped by `sample_size` (an argument of generate(), 120 s by default, not
+the config value). Each item's valid length is its own duration in latents (rounded up) plus the
+headroom in whole latents; later positions are padding that attention ignores and decoding zeroes.
+Training used the same layout, so the model expects silence-free headroom after the content.
+
+Inpaint masks are 1 where the given audio is kept and 0 where it is regenerated; the DiT receives
+[mask, latents * mask] along channels (mask first). Plain text-to-audio gets all zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_SAMPLE_SIZE = 5_292_032  # generate()'s own cap: 1292 latents, about 120 s, for every model
+DEFAULT_DURATION_PADDING_SEC = 6.0
+
+Seconds = float | Sequence[float]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_durations(duration: Seconds, batch_size: int = 1) -> list[float]:
+    """One positive finite duration (seconds) per batch item; a scalar is shared by all items."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid; a positive integer is required")
+    if isinstance(duration, (list, tuple)):
+        if len(duration) != batch_size:
+            raise ValueError(
+                f"duration has {len(duration)} values but batch_size={batch_size}; give one per item or a single number"
+            )
+        values = list(duration)
+    else:
+        values = [duration] * batch_size
+    for d in values:
+        if not _is_number(d) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"duration={d!r} is invalid; a positive finite number of seconds is required")
+    return [float(d) for d in values]
+
+
+def _check_padding(padding_seconds: float) -> None:
+    if not _is_number(padding_seconds) or not math.isfinite(padding_seconds) or padding_seconds < 0:
+        raise ValueError(f"duration_padding_sec={padding_seconds!r} is invalid; a number of seconds >= 0 is required")
+
+
+def latents_per_alignment(encoder_config: dict) -> int:
+    """Latents per attention chunk of the SAME encoder (chunk_size patches / stride; absent chunk_size = 32).
+
+    Sequence lengths are rounded up to a multiple of it: 2 for both SAME-S and SAME-L.
+    """
+    chunk_size = encoder_config.get("chunk_size") or 32
+    return max(1, chunk_size // encoder_config["strides"][0])
+
+
+def audio_sample_size(
+    durations: Sequence[float],
+    *,
+    sample_rate: int,
+    downsampling_ratio: int,
+    latents_per_align: int,
+    padding_seconds: float = DEFAULT_DURATION_PADDING_SEC,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+) -> int:
+    """Audio samples the model generates: longest duration + headroom, aligned, capped by `sample_size`.
+
+    The latent length is this // downsampling_ratio.
+    """
+    _check_padding(padding_seconds)
+    if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < downsampling_ratio:
+        raise ValueError(
+            f"sample_size={sample_size!r} is invalid; an integer number of audio samples >= {downsampling_ratio} "
+            "(one latent) is required"
+        )
+    longest = max(check_durations(list(durations), len(durations)))
+    target = int((longest + padding_seconds) * sample_rate)
+    target = -(-target // downsampling_ratio) * downsampling_ratio
+    align = downsampling_ratio * latents_per_align
+    target = -(-target // align) * align
+    return min(target, sample_size)
+
+
+def content_latents(durations: Sequence[float], *, sample_rate: int, downsampling_ratio: int) -> list[int]:
+    """Latents covering each requested duration, ceil(int(d * sr) / ratio): the length the schedule's
+    distribution shift sees (`use_effective_length_for_schedule`) and the start of each item's headroom."""
+    return [-(-int(d * sample_rate) // downsampling_ratio) for d in durations]
+
+
+def valid_lengths(
+    durations: Sequence[float],
+    *,
+    sample_rate: int,
+    downsampling_ratio: int,
+    latent_length: int,
+    padding_seconds: float = DEFAULT_DURATION_PADDING_SEC,
+) -> torch.Tensor:
+    """Unpadded latents per item (B,): content + int(headroom seconds in latents), at most latent_length."""
+    _check_padding(padding_seconds)
+    headroom = int(padding_seconds * sample_rate / downsampling_ratio)
+    content = content_latents(durations, sample_rate=sample_rate, downsampling_ratio=downsampling_ratio)
+    return torch.tensor([min(n + headroom, latent_length) for n in content], dtype=torch.long)
+
+
+def padding_mask(lengths: torch.Tensor, latent_length: int) -> torch.Tensor:
+    """(B, T) bool, True on each item's first `lengths[b]` latents."""
+    return torch.arange(latent_length, device=lengths.device)[None, :] < lengths[:, None]
+
+
+# -- inpainting ----------------------------------------------------------------------------------
+
+
+def inpaint_regions(start_seconds: Seconds | None, end_seconds: Seconds | None) -> list[tuple[float, float]] | None:
+    """Pair `inpaint_mask_start_seconds` with `inpaint_mask_end_seconds` (both scalars or equal-length lists).
+
+    None when neither is given. Unlike the reference, which silently ignores a lone start or end and
+    an empty or reversed region, those raise here.
+    """
+    if start_seconds is None and end_seconds is None:
+        return None
+    if start_seconds is None or end_seconds is None:
+        given, missing = (
+            ("inpaint_mask_end_seconds", "inpaint_mask_start_seconds")
+            if start_seconds is None
+            else ("inpaint_mask_start_seconds", "inpaint_mask_end_seconds")
+        )
+        raise ValueError(f"{given} was given without {missing}; give both (numbers, or lists of equal length)")
+    start_list, end_list = isinstance(start_seconds, (list, tuple)), isinstance(end_seconds, (list, tuple))
+    if start_list != end_list:
+        raise ValueError(
+            "inpaint_mask_start_seconds and inpaint_mask_end_seconds must both be numbers or both be lists, got "
+            f"{type(start_seconds).__name__} and {type(end_seconds).__name__}"
+        )
+    starts = list(start_seconds) if start_list else [start_seconds]
+    ends = list(end_seconds) if end_list else [end_seconds]
+    if len(starts) != len(ends):
+        raise ValueError(
+            f"inpaint_mask_start_seconds has {len(starts)} values but inpaint_mask_end_seconds has {len(ends)}; "
+            "they must have the same length"
+        )
+    if not starts:
+        raise ValueError("inpaint_mask_start_seconds is an empty list; give at least one region")
+    for s, e in zip(starts, ends, strict=True):
+        for name, v in (("inpaint_mask_start_seconds", s), ("inpaint_mask_end_seconds", e)):
+            if not _is_number(v) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}={v!r} is invalid; a finite number of seconds >= 0 is required")
+        if e <= s:
+            raise ValueError(
+                f"inpaint_mask_end_seconds={e!r} is not after inpaint_mask_start_seconds={s!r}; "
+                "each region must end after it starts"
+            )
+    return [(float(s), float(e)) for s, e in zip(starts, ends, strict=True)]
+
+
+def mask_from_regions(
+    regions: Sequence[tuple[float, float]], num_samples: int, sample_rate: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(1, num_samples) audio-rate mask: 1 everywhere except [int(s * sr), int(e * sr)) of each region."""
+    mask = torch.ones(1, num_samples, device=device)
+    for start, end in regions:
+        mask[:, min(int(start * sample_rate), num_samples) : min(int(end * sample_rate), num_samples)] = 0
+    return mask
+
+
+def fit_mask(mask: torch.Tensor, num_samples: int, batch_size: int) -> torch.Tensor:
+    """A caller's audio-rate mask as (1 or B, <= num_samples) float, cut to the generated length.
+
+    A shorter mask is kept short and therefore stretched by `mask_to_latents`, as in the reference.
+    """
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"inpaint_mask must be a torch.Tensor of shape (batch, samples), got {type(mask).__name__}")
+    if mask.dim() == 1:
+        mask = mask.unsqueeze(0)
+    if mask.dim() != 2 or mask.shape[0] not in (1, batch_size) or mask.shape[1] == 0:
+        raise ValueError(
+            f"inpaint_mask has shape {tuple(mask.shape)}; expected (1, samples) or ({batch_size}, samples) "
+            "at the model's sample rate"
+        )
+    return mask[:, :num_samples].float()
+
+
+def clear_after_duration(mask: torch.Tensor, durations: Sequence[float], sample_rate: int) -> torch.Tensor:
+    """Zero the mask past the longest duration: the headroom is always generated, as in training."""
+    end = int(max(durations) * sample_rate)
+    if end >= mask.shape[-1]:
+        return mask
+    mask = mask.clone()
+    mask[:, end:] = 0
+    return mask
+
+
+def mask_to_latents(mask: torch.Tensor, latent_length: int) -> torch.Tensor:
+    """(B, N) audio-rate mask -> (B, T) latent mask by nearest sampling: latent j takes sample
+    floor(j * N / T), i.e. the first sample of its frame when N = T * ratio."""
+    return F.interpolate(mask.unsqueeze(1), size=latent_length, mode="nearest").squeeze(1)
+
+
+def build_inpaint_mask(
+    *,
+    num_samples: int,
+    latent_length: int,
+    sample_rate: int,
+    durations: Sequence[float],
+    batch_size: int = 1,
+    start_seconds: Seconds | None = None,
+    end_seconds: Seconds | None = None,
+    mask: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor | None:
+    """The latent-rate inpaint mask (1 or B, T), or None without inpainting.
+
+    Regions in seconds take precedence over a prebuilt `mask` (as in the reference).
+    """
+    regions = inpaint_regions(start_seconds, end_seconds)
+    if regions is not None:
+        mask = mask_from_regions(regions, num_samples, sample_rate, device)
+    elif mask is not None:
+        mask = fit_mask(mask, num_samples, batch_size).to(device)
+    else:
+        return None
+    mask = clear_after_duration(mask, durations, sample_rate)
+    return mask_to_latents(mask, latent_length)
+
+
+def local_add_cond(
+    mask: torch.Tensor | None,
+    inpaint_latents: torch.Tensor | None,
+    *,
+    batch_size: int,
+    channels: int,
+    latent_length: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The DiT's local-add conditioning (B, 1 + C, T): [keep mask, inpaint latents * mask].
+
+    No mask: all zeros (regenerate everything). A mask without audio: zero latents. Batch-1 masks and
+    latents are repeated to the batch (the reference crashes for batch > 1 with a seconds-built mask).
+    """
+    if mask is None:
+        mask = torch.zeros(batch_size, latent_length, device=device)
+    mask = mask.to(device).float().reshape(-1, 1, latent_length).expand(batch_size, 1, latent_length)
+    if inpaint_latents is None:
+        masked = torch.zeros(batch_size, channels, latent_length, device=device)
+    else:
+        if inpaint_latents.shape[-2:] != (channels, latent_length) or inpaint_latents.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"inpaint latents have shape {tuple(inpaint_latents.shape)}; expected (1 or {batch_size}, "
+                f"{channels}, {latent_length})"
+            )
+        masked = inpaint_latents.to(device).expand(batch_size, -1, -1) * mask
+    return torch.cat([mask.to(masked.dtype), masked], dim=1)
