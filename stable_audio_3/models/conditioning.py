@@ -1,0 +1,462 @@
+"""Text and number conditioning: what the DiT cross-attends to and its global (seconds) vector.
+
+    batch [{"prompt": str, "seconds_total": float}, ...]
+      prompt        -> tokenizer -> T5Gemma encoder -> learned padding -> (B, L, 768), mask (B, L)
+      seconds_total -> clamp, normalise -> expo Fourier features -> Linear -> (B, 1, 768), ones (B, 1)
+    cross_attn_cond = cat([prompt, seconds], dim=1)  (B, L + 1, 768)
+    global_cond     = seconds[:, 0]                  (B, 768)
+
+Module names mirror the official checkpoint: after stripping `conditioner.` its keys are
+`conditioners.prompt.padding_embedding` and `conditioners.seconds_total.embedder.embedding.1.{weight,bias}`.
+The T5 encoder is deliberately *not* a submodule: it lives in its own files, is not part of the
+checkpoint, is not cast by `.half()` and runs in the dtype of its weight file (bf16 for the real one).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .t5gemma import T5GemmaEncoder
+
+# Hidden size of each supported text model (the official conditioner fixes it by model name).
+T5GEMMA_MODEL_DIMS = {"google/t5gemma-b-b-ul2": 768}
+# What transformers' GemmaTokenizer does when tokenizer_config.json is silent.
+GEMMA_TOKENIZER_DEFAULTS = {"add_bos_token": True, "add_eos_token": False, "padding_side": "left"}
+
+
+# -- tokenizer ------------------------------------------------------------------------------------
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as written in tokenizer_config.json: a string or {"content": ...}."""
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class PromptTokenizer:
+    """A `tokenizers` BPE tokenizer set up the way transformers' GemmaTokenizer is for SA3.
+
+    The BOS/EOS template is rebuilt from `add_bos_token` / `add_eos_token` in tokenizer_config.json
+    (transformers does the same, whatever post-processor tokenizer.json carries). Every prompt is
+    truncated to `max_length` tokens, special tokens included, and padded to exactly `max_length`.
+    """
+
+    def __init__(self, tokenizer_file: str | Path, tokenizer_config: dict, max_length: int):
+        from tokenizers import Tokenizer
+        from tokenizers.processors import TemplateProcessing
+
+        settings = {**GEMMA_TOKENIZER_DEFAULTS, **tokenizer_config}
+        self.max_length = max_length
+        self.add_bos = bool(settings["add_bos_token"])
+        self.add_eos = bool(settings["add_eos_token"])
+        self.padding_side = settings["padding_side"]
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+
+        def token_id(name: str, default: str) -> tuple[str, int]:
+            text = _token_text(settings.get(name)) or default
+            idx = self.tokenizer.token_to_id(text)
+            if idx is None:
+                raise ValueError(f"{tokenizer_file}: {name} {text!r} is not in the vocabulary")
+            return text, idx
+
+        bos, eos = token_id("bos_token", "<bos>"), token_id("eos_token", "<eos>")
+        pad_text, self.pad_id = token_id("pad_token", "<pad>")
+        single = " ".join([f"{bos[0]}:0"] * self.add_bos + ["$A:0"] + [f"{eos[0]}:0"] * self.add_eos)
+        pair = " ".join([single] + [f"{bos[0]}:1"] * self.add_bos + ["$B:1"] + [f"{eos[0]}:1"] * self.add_eos)
+        specials = ([bos] if self.add_bos else []) + ([eos] if self.add_eos and eos != bos else [])
+        self.tokenizer.post_processor = TemplateProcessing(single=single, pair=pair, special_tokens=specials)
+        self.tokenizer.enable_truncation(max_length, direction=settings.get("truncation_side", "right"))
+        self.tokenizer.enable_padding(
+            direction=self.padding_side, pad_id=self.pad_id, pad_token=pad_text, length=max_length
+        )
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, max_length: int) -> PromptTokenizer:
+        folder = Path(folder)
+        config_path = folder / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        return cls(folder / "tokenizer.json", config, max_length)
+
+    def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask (1 = real token), both int64 (B, max_length)."""
+        encodings = self.tokenizer.encode_batch(list(prompts), add_special_tokens=True)
+        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
+        return ids, mask
+
+
+# -- text encoder: location, loading ----------------------------------------------------------------
+
+
+def _is_text_encoder_dir(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def resolve_text_encoder_dir(
+    config_path: str | Path,
+    cond_cfg: dict,
+    text_encoder: str | Path | None = None,
+    download: Callable[[str, str | None], Path] | None = None,
+) -> Path:
+    """Folder holding the T5Gemma files (config.json, model.safetensors, tokenizer*.json).
+
+    Order: the explicit `text_encoder` path; else `model_path` of the prompt config; else
+    `<folder of the model config>/<subfolder>` (how a checkpoint folder or a Hub snapshot holds it,
+    and how the fixtures' `"repo_id": "."` resolves). Never relative to the working directory.
+    `download(repo_id, subfolder) -> folder` is the hook for fetching from the Hub when none exists.
+    """
+    if text_encoder is not None:
+        path = Path(text_encoder)
+        if not _is_text_encoder_dir(path):
+            raise FileNotFoundError(f"text encoder folder {path} lacks config.json / model.safetensors")
+        return path
+    base = Path(config_path).resolve().parent
+    subfolder = cond_cfg.get("subfolder")
+    tried = []
+    if cond_cfg.get("model_path"):
+        tried.append(base / cond_cfg["model_path"])
+    tried.append(base / subfolder if subfolder else base)
+    for path in tried:
+        if _is_text_encoder_dir(path):
+            return path
+    repo_id = cond_cfg.get("repo_id") or cond_cfg.get("model_name")
+    if download is not None and repo_id and repo_id != ".":
+        return Path(download(repo_id, subfolder))
+    raise FileNotFoundError(
+        "T5Gemma text encoder not found (need config.json and model.safetensors); tried: "
+        + ", ".join(str(p) for p in tried)
+        + f". Pass text_encoder=<folder>, or put the files there (repo_id {repo_id!r}, subfolder {subfolder!r})."
+    )
+
+
+class TextEncoder:
+    """Tokenizer + T5Gemma encoder. A plain object, so it stays out of the DiT checkpoint's state dict."""
+
+    def __init__(self, tokenizer: PromptTokenizer, model: T5GemmaEncoder):
+        self.tokenizer = tokenizer
+        self.model = model
+
+    @classmethod
+    def from_dir(cls, folder: str | Path, max_length: int, device: str | torch.device = "cpu") -> TextEncoder:
+        return cls(PromptTokenizer.from_dir(folder, max_length), T5GemmaEncoder.from_pretrained(folder, device))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str], device: str | torch.device) -> tuple[torch.Tensor, ...]:
+        """(input_ids, attention_mask) int64 and the encoder's last hidden state, in the weights' dtype."""
+        ids, mask = self.tokenizer(prompts)
+        if self.model.embed_tokens.weight.device != torch.device(device):
+            self.model.to(device)
+        ids, mask = ids.to(device), mask.to(device)
+        return ids, mask, self.model(ids, mask)
+
+
+# -- conditioners ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Encoded:
+    """One conditioner's output: embeddings (B, N, D) and mask (B, N); the prompt adds diagnostics."""
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    input_ids: torch.Tensor | None = None
+    tokenizer_mask: torch.Tensor | None = None
+    hidden: torch.Tensor | None = None  # raw T5 output, before the padding rule
+
+
+class PromptConditioner(nn.Module):
+    """T5Gemma text -> (B, max_length, output_dim) with a bool mask; padded slots follow `padding_mode`.
+
+    "learned" (SA3): masked positions hold the learned `padding_embedding`, so an empty prompt is
+    max_length copies of it. "zero": masked positions are 0. "none": raw encoder output.
+    """
+
+    def __init__(
+        self,
+        output_dim: int,
+        max_length: int = 128,
+        padding_mode: str = "zero",
+        model_name: str = "google/t5gemma-b-b-ul2",
+        project_out: bool = False,
+        **source: Any,
+    ):
+        super().__init__()
+        if model_name not in T5GEMMA_MODEL_DIMS:
+            raise ValueError(f"unknown text model {model_name!r}; supported: {', '.join(T5GEMMA_MODEL_DIMS)}")
+        if padding_mode not in ("learned", "zero", "none"):
+            raise ValueError(f"unknown padding_mode {padding_mode!r}; allowed: learned, zero, none")
+        unknown = set(source) - {"repo_id", "subfolder", "model_path", "enable_grad"}
+        if unknown:
+            raise ValueError(f"prompt conditioner config: unknown keys {sorted(unknown)}")
+        self.text_dim = T5GEMMA_MODEL_DIMS[model_name]
+        self.max_length = max_length
+        self.padding_mode = padding_mode
+        self.source = {"model_name": model_name, **source}
+        needs_proj = project_out or self.text_dim != output_dim
+        self.proj_out = nn.Linear(self.text_dim, output_dim) if needs_proj else None
+        if padding_mode == "learned":
+            self.padding_embedding = nn.Parameter(torch.zeros(output_dim))
+        self.text_encoder: TextEncoder | None = None
+
+    def attach(self, text_encoder: TextEncoder) -> None:
+        if text_encoder.hidden_size != self.text_dim:
+            raise ValueError(f"text encoder hidden size {text_encoder.hidden_size} != expected {self.text_dim}")
+        if text_encoder.tokenizer.max_length != self.max_length:
+            raise ValueError(f"tokenizer max_length {text_encoder.tokenizer.max_length} != {self.max_length}")
+        self.text_encoder = text_encoder
+
+    def forward(self, prompts: Sequence[str], device: str | torch.device) -> Encoded:
+        if self.text_encoder is None:
+            raise RuntimeError("the prompt conditioner has no text encoder; call Conditioner.load_text_encoder()")
+        ids, tok_mask, hidden = self.text_encoder.encode(prompts, device)
+        mask = tok_mask.bool()
+        embeds = hidden
+        if self.proj_out is not None:
+            embeds = self.proj_out(embeds.to(self.proj_out.weight.dtype))
+        if self.padding_mode == "learned":
+            # torch.where promotes: a bf16 encoder output meets an fp32 parameter -> fp32.
+            embeds = torch.where(mask[..., None], embeds, self.padding_embedding)
+        elif self.padding_mode == "zero":
+            embeds = embeds * mask[..., None].float()
+        return Encoded(embeds, mask, input_ids=ids, tokenizer_mask=tok_mask, hidden=hidden)
+
+
+# glibc / ARM optimized-routines expf: 2^(k/32) from a 32-entry table times a cubic in the remainder.
+_EXPF_TABLE_SIZE = 32
+_EXPF_INV_LN2_N = float.fromhex("0x1.71547652b82fep+0") * _EXPF_TABLE_SIZE
+_EXPF_SHIFT = float.fromhex("0x1.8p+52")
+_EXPF_POLY = (
+    float.fromhex("0x1.c6af84b912394p-5") / 32**3,
+    float.fromhex("0x1.ebfce50fac4f3p-3") / 32**2,
+    float.fromhex("0x1.62e42ff0c52d6p-1") / 32,
+)
+
+
+def _expf_as_glibc(x: float) -> float:
+    """exp of a float32, rounded to float32 exactly as glibc's `expf` does (its published algorithm).
+
+    The reference computes the Fourier frequencies with float32 `torch.exp`, whose last bit depends
+    on the CPU kernel (SLEEF on AVX2/AVX-512 differs from glibc in a few of the 128 values). Near
+    t = 1 one ulp of a ~8000 Hz frequency moves cos(2π·f·t) by 3e-3, so the golden platform's values
+    (which are glibc's) are reproduced here bit for bit, independently of the machine.
+    """
+    if not -87.0 < x < 88.0:  # glibc takes a special path out there; frequencies never need it
+        raise ValueError(f"exp({x}) is outside the range this expf emulation covers")
+    to_bits = struct.Struct("<d")
+    n = _EXPF_TABLE_SIZE
+    z = _EXPF_INV_LN2_N * x
+    shifted = z + _EXPF_SHIFT  # rounds z to an integer k, stored in the low mantissa bits
+    k_bits = int.from_bytes(to_bits.pack(shifted), "little")
+    r = z - (shifted - _EXPF_SHIFT)
+    scale_bits = (_expf_table()[k_bits % n] + (k_bits << (52 - 5))) & 0xFFFF_FFFF_FFFF_FFFF
+    scale = to_bits.unpack(scale_bits.to_bytes(8, "little"))[0]  # 2^(k/32)
+    c0, c1, c2 = _EXPF_POLY
+    y = (c0 * r + c1) * (r * r) + (c2 * r + 1)
+    return struct.unpack("<f", struct.pack("<f", y * scale))[0]
+
+
+@functools.cache
+def _expf_table() -> tuple[int, ...]:
+    """Bits of the correctly rounded 2^(i/32), minus i << 47 (so adding k << 47 scales by 2^(k//32))."""
+    with localcontext() as ctx:
+        ctx.prec = 50
+        bits = [int.from_bytes(struct.pack("<d", float(Decimal(2) ** (Decimal(i) / 32))), "little") for i in range(32)]
+    return tuple(b - (i << 47) for i, b in enumerate(bits))
+
+
+def _unit_ramp(n: int) -> torch.Tensor:
+    """`torch.linspace(0, 1, n)` in float32 as torch's vectorised CPU kernel gives it: i·step for the
+    first half, 1 - (n-1-i)·step for the second, each rounded once (its scalar fallback rounds twice)."""
+    step = (torch.tensor(1.0, dtype=torch.float32) / (n - 1)).double()
+    i = torch.arange(n, dtype=torch.float64)
+    return torch.where(i < n // 2, i * step, 1.0 - (n - 1 - i) * step).float()
+
+
+@functools.cache
+def expo_frequencies(half_dim: int, min_freq: float, max_freq: float) -> torch.Tensor:
+    """Float32 log-spaced frequencies min_freq .. max_freq, bit-identical to the golden platform's."""
+    ramp = _unit_ramp(half_dim)
+    log_min, log_max = math.log(min_freq), math.log(max_freq)
+    exponents = ramp * (log_max - log_min) + log_min
+    return torch.tensor([_expf_as_glibc(v) for v in exponents.tolist()], dtype=torch.float32)
+
+
+class ExpoFourierFeatures(nn.Module):
+    """t (B,) -> [cos(2π t f), sin(2π t f)] (B, dim), f log-spaced from min_freq to max_freq. No weights.
+
+    Computed in float32 whatever the input dtype, then cast back to it.
+    """
+
+    def __init__(self, dim: int, min_freq: float = 0.5, max_freq: float = 10000.0):
+        super().__init__()
+        self.dim, self.min_freq, self.max_freq = dim, min_freq, max_freq
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        in_dtype = t.dtype
+        t = t.float()
+        if t.dim() == 1:
+            t = t[:, None]
+        freqs = expo_frequencies(self.dim // 2, self.min_freq, self.max_freq).to(t.device)
+        angles = t * freqs * 2 * math.pi
+        return torch.cat([angles.cos(), angles.sin()], dim=-1).to(in_dtype)
+
+
+class NumberEmbedder(nn.Module):
+    def __init__(self, features: int, dim: int = 256):
+        super().__init__()
+        self.features = features
+        self.embedding = nn.Sequential(ExpoFourierFeatures(dim), nn.Linear(dim, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(x.reshape(-1)).view(*x.shape, self.features)
+
+
+class NumberConditioner(nn.Module):
+    """A number (e.g. seconds_total) -> one token (B, 1, output_dim) with mask ones (B, 1).
+
+    The value is clamped to [min_val, max_val] and mapped to [0, 1] before the Fourier features.
+    """
+
+    def __init__(
+        self, output_dim: int, min_val: float = 0.0, max_val: float = 1.0, fourier_features_type: str = "expo"
+    ):
+        super().__init__()
+        if fourier_features_type != "expo":
+            raise ValueError(f"number conditioner: fourier_features_type {fourier_features_type!r} unsupported")
+        self.min_val, self.max_val = min_val, max_val
+        self.embedder = NumberEmbedder(output_dim)
+
+    def forward(self, values: Sequence[float], device: str | torch.device) -> Encoded:
+        x = torch.tensor([float(v) for v in values], device=device).clamp(self.min_val, self.max_val)
+        x = (x - self.min_val) / (self.max_val - self.min_val)
+        x = x.to(self.embedder.embedding[1].weight.dtype)
+        embeds = self.embedder(x)[:, None, :]
+        return Encoded(embeds, torch.ones(embeds.shape[0], 1, device=device))
+
+
+# -- the conditioner and the DiT inputs ------------------------------------------------------------
+
+
+@dataclass
+class DiTConditioning:
+    """What the DiT receives from the conditioner (spec §4.5)."""
+
+    cross_attn_cond: torch.Tensor  # (B, N, D)
+    cross_attn_mask: torch.Tensor  # (B, N) float; not used by the DiT
+    global_cond: torch.Tensor  # (B, D)
+    parts: dict[str, Encoded]  # each conditioner's output, for inspection
+
+
+class Conditioner(nn.Module):
+    """All conditioners of a model, keyed by id (`prompt`, `seconds_total`), plus how the DiT consumes them."""
+
+    def __init__(
+        self,
+        conditioners: dict[str, nn.Module],
+        cross_attn_ids: Sequence[str] = ("prompt", "seconds_total"),
+        global_ids: Sequence[str] = ("seconds_total",),
+        default_keys: dict[str, str] | None = None,
+    ):
+        super().__init__()
+        self.conditioners = nn.ModuleDict(conditioners)
+        self.cross_attn_ids = list(cross_attn_ids)
+        self.global_ids = list(global_ids)
+        self.default_keys = dict(default_keys or {})
+
+    @classmethod
+    def from_config(cls, conditioning: dict, diffusion: dict | None = None) -> Conditioner:
+        """From `model.conditioning` (and `model.diffusion` for which ids feed cross-attention / global cond)."""
+        dim = conditioning["cond_dim"]
+        modules: dict[str, nn.Module] = {}
+        for entry in conditioning["configs"]:
+            kind, cfg = entry["type"], entry.get("config", {})
+            if kind == "t5gemma":
+                modules[entry["id"]] = PromptConditioner(dim, **cfg)
+            elif kind == "number":
+                modules[entry["id"]] = NumberConditioner(dim, **cfg)
+            else:
+                raise ValueError(f"unknown conditioner type {kind!r} (id {entry['id']!r}); allowed: t5gemma, number")
+        ids = {}
+        if diffusion is not None:
+            ids = {
+                "cross_attn_ids": diffusion.get("cross_attention_cond_ids", []),
+                "global_ids": diffusion.get("global_cond_ids", []),
+            }
+        return cls(modules, default_keys=conditioning.get("default_keys"), **ids)
+
+    def prompt_conditioners(self) -> dict[str, PromptConditioner]:
+        return {k: m for k, m in self.conditioners.items() if isinstance(m, PromptConditioner)}
+
+    def load_text_encoder(
+        self,
+        config_path: str | Path,
+        text_encoder: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        download: Callable[[str, str | None], Path] | None = None,
+    ) -> None:
+        """Find (see `resolve_text_encoder_dir`), load and attach the T5Gemma of every prompt conditioner."""
+        for cond in self.prompt_conditioners().values():
+            folder = resolve_text_encoder_dir(config_path, cond.source, text_encoder, download)
+            cond.attach(TextEncoder.from_dir(folder, cond.max_length, device))
+
+    def _inputs(self, batch: Sequence[dict], key: str) -> list:
+        values = []
+        for item in batch:
+            name = key if key in item else self.default_keys.get(key)
+            if name not in item:
+                raise ValueError(f"conditioning input {key!r} missing from batch item {item!r}")
+            value = item[name]
+            # Collated metadata wraps values in lists; the official code takes the first element.
+            if isinstance(value, list) or (isinstance(value, tuple) and len(value) == 1):
+                value = value[0]
+            values.append(value)
+        return values
+
+    def forward(self, batch: Sequence[dict], device: str | torch.device = "cpu") -> dict[str, Encoded]:
+        return {key: cond(self._inputs(batch, key), device) for key, cond in self.conditioners.items()}
+
+    def dit_inputs(self, parts: dict[str, Encoded]) -> DiTConditioning:
+        """Cross-attention = concat over tokens of the `cross_attn_ids` outputs; global = concat over channels."""
+        cross = torch.cat([parts[k].embeds for k in self.cross_attn_ids], dim=1)
+        glob = torch.cat([parts[k].embeds for k in self.global_ids], dim=-1).squeeze(1)
+        # cat promotes bool (prompt) with float (seconds) masks to float, as the official code does.
+        masks = torch.cat([parts[k].mask for k in self.cross_attn_ids], dim=1)
+        return DiTConditioning(cross, masks, glob, parts)
+
+    def encode(self, batch: Sequence[dict], device: str | torch.device = "cpu") -> DiTConditioning:
+        """Batch of {"prompt", "seconds_total"} dicts -> DiT conditioning."""
+        return self.dit_inputs(self(batch, device))
+
+
+def uncond_cross_attn_cond(cond: DiTConditioning, negative: DiTConditioning | None = None) -> torch.Tensor:
+    """Cross-attention input of the classifier-free-guidance "unconditional" half (spec §4.6).
+
+    With a negative prompt: its tokens where its mask is set, **zeros** elsewhere (not the learned
+    padding vector; the seconds token has mask 1 and is kept). Without one: all zeros, seconds token
+    included. The global cond of that half is the positive one (the negative's is not used).
+    """
+    zeros = torch.zeros_like(cond.cross_attn_cond)
+    if negative is None:
+        return zeros
+    if negative.cross_attn_cond.shape != zeros.shape:
+        raise ValueError(
+            f"negative cross-attention cond {tuple(negative.cross_attn_cond.shape)} != positive {tuple(zeros.shape)}"
+        )
+    keep = negative.cross_attn_mask.bool()[..., None]
+    return torch.where(keep, negative.cross_attn_cond.to(zeros.dtype), zeros)
