@@ -11,6 +11,7 @@ import torch
 
 from .audio import as_channels_first, check_sample_rate, pad_or_crop, resample, set_channels
 from .loading import (
+    AE_PREFIX,
     AUTOENCODER_MODELS,
     DIFFUSION_MODELS,
     ModelLoadError,
@@ -159,3 +160,122 @@ class AutoencoderModel:
         audio = self.autoencoder.decode_audio(latents.to(self.device, dtype), chunked=chunked,
                                               chunk_size=chunk_size, overlap=overlap, noise=noise)
         return audio.float()
+
+
+def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _half_default(device: torch.device) -> torch.dtype:
+    # The reference runs the DiT, SAME and conditioners in fp16 on CUDA; fp32 elsewhere.
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+ATTENTION_PADDING = ("exclude", "zero-values")
+
+
+class StableAudioModel:
+    """A Stable Audio 3 model: text (+ audio) in, 44.1 kHz stereo out."""
+
+    def __init__(self, components, files, lora_set):
+        self.components = components
+        self.model_config = components.config
+        self.config_path = files.config_path
+        self.device = components.device
+        self.loras = lora_set
+
+    @property
+    def dit(self):
+        return self.components.dit
+
+    @property
+    def conditioner(self):
+        return self.components.conditioner
+
+    @property
+    def autoencoder(self) -> SAMEAutoencoder:
+        return self.components.autoencoder
+
+    @property
+    def sample_rate(self) -> int:
+        return self.components.sample_rate
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, *,
+                        config: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
+                        attention_padding: str = "exclude", attention_backend: str | None = None,
+                        text_encoder: str | os.PathLike | None = None, revision: str | None = None,
+                        token: str | None = None) -> StableAudioModel:
+        """Load one of the six models by name (Hub), a local model folder, or a bare .safetensors with
+        `config=`. `attention_padding="exclude"` is the training semantics (the reference with
+        flash-attn); `"zero-values"` reproduces the reference without flash-attn (CPU/MPS)."""
+        from .models.conditioning import Conditioner
+        from .models.dit import DiffusionTransformer
+        from .models.lora import LoraSet
+        from .pipeline import Components
+
+        if attention_padding not in ATTENTION_PADDING:
+            raise ValueError(f"attention_padding={attention_padding!r} is invalid; allowed: "
+                             f"{', '.join(map(repr, ATTENTION_PADDING))}")
+        backend = check_backend(attention_backend)
+        device = torch.device(device) if device is not None else default_device()
+        files = resolve_model_files(name_or_path, DIFFUSION_MODELS, config=config, revision=revision, token=token)
+        cfg = files.config
+        if cfg.get("model_type") != "diffusion_cond_inpaint":
+            raise ModelLoadError(f"{files.config_path}: model_type {cfg.get('model_type')!r} is not a Stable Audio 3 "
+                                 "generation model; allowed: 'diffusion_cond_inpaint'")
+        source = str(files.checkpoint_path)
+        state = read_safetensors(files.checkpoint_path)
+        prefixes = ("model.model.", AE_PREFIX, "conditioner.")
+        stray = sorted(k for k in state if not k.startswith(prefixes))
+        if stray:
+            raise ModelLoadError(f"{source}: unexpected tensors outside the DiT, autoencoder and conditioner: "
+                                 + ", ".join(stray[:10]))
+
+        with torch.device("meta"):
+            dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
+            conditioner = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
+        load_strict(dit, _split(state, "model.model."), f"DiT of {source}")
+        load_strict(conditioner, _split(state, "conditioner."), f"conditioner of {source}")
+        ae = build_autoencoder(cfg, _split(state, AE_PREFIX), source, device)
+        del state
+        dtype = dtype or _half_default(device)
+        dit = dit.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        conditioner = conditioner.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        ae = ae.to(dtype=dtype if device.type != "mps" else torch.float32)
+        ae.set_attention_backend(backend)
+        if hasattr(dit, "set_attention_backend"):
+            dit.set_attention_backend(backend)
+        conditioner.load_text_encoder(files.config_path, text_encoder, device)
+        components = Components(conditioner, dit, ae, cfg, device, attention_padding)
+        loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
+        return cls(components, files, loras)
+
+    @torch.inference_mode()
+    def generate(self, prompt=None, negative_prompt=None, duration=120, steps: int = 8, cfg_scale: float = 1.0,
+                 seed: int = -1, batch_size: int = 1, **kwargs) -> torch.Tensor:
+        """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz, or latents.
+
+        Besides the arguments above: `init_audio` ((sr, audio) or a path) with `init_noise_level`;
+        `inpaint_audio` with `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers or
+        lists: one region each) or `continuation=True` (keep the given audio, continue it to
+        `duration`); `apg_scale`, `sampler_type`, `duration_padding_sec`, `chunked_decode`
+        (None = the config's choice), `return_latents`, `clamp`, `callback`.
+        """
+        from .pipeline import generate
+
+        return generate(self.components, prompt=prompt, negative_prompt=negative_prompt, duration=duration,
+                        steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, **kwargs)
+
+    # -- LoRA ------------------------------------------------------------------------------------
+    def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:
+        """Load LoRA files (stacked in order); returns their indices for `set_lora_strength`."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        return self.loras.load(list(paths), svd_bases_path=self.model_config.get("svd_bases_path"))
+
+    def set_lora_strength(self, strength: float, lora_index: int | None = None) -> None:
+        self.loras.set_lora_strength(strength, lora_index)
+
+    def unload_lora(self) -> None:
+        self.loras.unload_loras()

@@ -135,7 +135,7 @@ def resolve_model_files(name_or_path: str | os.PathLike, allowed_names: tuple[st
     path = Path(name_or_path)
     if path.exists():
         if path.is_dir():
-            return _local_folder(path)
+            return _local_folder(path, config)
         if path.suffix != ".safetensors":
             raise ModelLoadError(f"{path}: expected a model folder or a .safetensors file")
         if config is None:
@@ -161,8 +161,9 @@ def _named_config(name: str, allowed: tuple[str, ...]) -> dict:
     return packaged_config(name)
 
 
-def _local_folder(folder: Path) -> ModelFiles:
-    config_path = folder / "model_config.json"
+def _local_folder(folder: Path, config: str | os.PathLike | None = None) -> ModelFiles:
+    """A folder laid out like the Hub repo; `config=` may name another config file to use with it."""
+    config_path = Path(config) if config is not None and Path(config).is_file() else folder / "model_config.json"
     ckpt = folder / "model.safetensors"
     for needed in (config_path, ckpt):
         if not needed.is_file():

@@ -14,14 +14,14 @@ from golden import GOLDEN, all_cases, assert_close, fixture_dir, load_case, rel_
 from safetensors.torch import load_file, save_file
 
 from stable_audio_3.loading import ModelLoadError, packaged_config
-from stable_audio_3.models import conditioning as C
+from stable_audio_3.models import fourier as C
 from stable_audio_3.models.conditioning import (
     Conditioner,
     PromptTokenizer,
-    expo_frequencies,
     resolve_text_encoder_dir,
     uncond_cross_attn_cond,
 )
+from stable_audio_3.models.fourier import expo_frequencies
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 
 BF16_TOLERANCE = 2e-2  # README §6: a bf16 T5 on other kernels differs by ~1 %

@@ -1,0 +1,258 @@
+"""generate(): request -> conditioning -> masks -> sampling -> decode.
+
+The order of operations, and so of the random draws, is the reference's: the seed is applied, the
+starting noise drawn, the conditioners run (they draw nothing), the init / inpaint audio encoded,
+the sampler run (ping-pong draws once per step), and the latents decoded (per chunk: the bottleneck
+dither, then the decoder's mask noise). A seeded call therefore reproduces the reference's audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import masks
+from .audio import as_channels_first, check_sample_rate, pad_or_crop, read_audio, resample, set_channels
+from .models.conditioning import Conditioner, uncond_cross_attn_cond
+from .models.same import SAMEAutoencoder
+from .sampling import (
+    SAMPLERS,
+    build_schedule,
+    default_sampler,
+    initial_noise,
+    noised_init,
+    sample,
+    seed_generator,
+    shift_from_options,
+)
+
+log = logging.getLogger(__name__)
+
+AudioInput = tuple[int, "torch.Tensor | np.ndarray"] | str | os.PathLike
+
+
+@dataclass
+class Components:
+    """Everything generate() needs from a loaded model."""
+
+    conditioner: Conditioner
+    dit: nn.Module
+    autoencoder: SAMEAutoencoder
+    config: dict
+    device: torch.device
+    attention_padding: str = "exclude"
+
+    @property
+    def sample_rate(self) -> int:
+        return self.config.get("sample_rate", 44100)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config["model"]["io_channels"]
+
+    @property
+    def diffusion_objective(self) -> str:
+        return self.config["model"]["diffusion"].get("diffusion_objective", "v")
+
+    @property
+    def chunked_default(self) -> bool:
+        return bool(self.config["model"]["pretransform"].get("chunked", False))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.dit.parameters()).dtype
+
+
+def _per_item(value, batch_size: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != batch_size:
+            raise ValueError(f"{name} has {len(value)} values but batch_size={batch_size}; give one per item or one")
+        return list(value)
+    return [value] * batch_size
+
+
+def _check_prompts(values: list, name: str) -> list[str]:
+    for v in values:
+        if not isinstance(v, str):
+            raise ValueError(f"{name}={v!r} is invalid; a string is required")
+    return values
+
+
+def _check_number(value, name: str, low: float | None = None, high: float | None = None,
+                  integer: bool = False) -> None:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (not integer or int(value) == value)
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        bounds = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
+        raise ValueError(f"{name}={value!r} is invalid; {kind}{bounds} is required")
+
+
+def load_audio_input(value: AudioInput, name: str) -> tuple[torch.Tensor, int]:
+    """(sample_rate, tensor or numpy) as the reference takes it, or a path to an audio file."""
+    if isinstance(value, (str, os.PathLike)):
+        return read_audio(value)
+    if isinstance(value, tuple) and len(value) == 2:
+        sr, audio = value
+        return as_channels_first(audio, name), check_sample_rate(sr, f"{name} sample rate")
+    raise ValueError(f"{name}: expected (sample_rate, audio) or a path to an audio file, got {type(value).__name__}")
+
+
+def encode_audio_input(c: Components, audio: torch.Tensor, sr: int, num_samples: int) -> torch.Tensor:
+    """Resample, crop or zero-pad to the generated length, make stereo, encode (chunked per config)."""
+    audio = resample(audio.to(c.device, torch.float32), sr, c.sample_rate)
+    audio = set_channels(pad_or_crop(audio, num_samples), c.autoencoder.audio_channels).unsqueeze(0)
+    ae_dtype = next(c.autoencoder.parameters()).dtype
+    return c.autoencoder.encode_audio(audio.to(ae_dtype), chunked=c.chunked_default)
+
+
+def generate(
+    c: Components,
+    prompt: str | Sequence[str] | None = None,
+    negative_prompt: str | Sequence[str] | None = None,
+    duration: float | Sequence[float] = 120,
+    steps: int = 8,
+    cfg_scale: float = 1.0,
+    seed: int = -1,
+    batch_size: int = 1,
+    init_audio: AudioInput | None = None,
+    init_noise_level: float = 1.0,
+    inpaint_audio: AudioInput | None = None,
+    inpaint_mask: torch.Tensor | None = None,
+    inpaint_mask_start_seconds: float | Sequence[float] | None = None,
+    inpaint_mask_end_seconds: float | Sequence[float] | None = None,
+    continuation: bool = False,
+    sample_size: int = masks.DEFAULT_SAMPLE_SIZE,
+    duration_padding_sec: float = masks.DEFAULT_DURATION_PADDING_SEC,
+    apg_scale: float = 1.0,
+    sampler_type: str | None = None,
+    chunked_decode: bool | None = None,
+    return_latents: bool = False,
+    truncate_output_to_duration: bool = True,
+    clamp: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> torch.Tensor:
+    """Generate audio (B, 2, samples) in [-1, 1] (or the latents), as `StableAudioModel.generate` documents."""
+    # -- validate everything before any heavy work --------------------------------------------
+    if prompt is None:
+        raise ValueError("prompt is required: a string, or a list with one string per batch item")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} is invalid; a positive integer is required")
+    prompts = _check_prompts(_per_item(prompt, batch_size, "prompt"), "prompt")
+    negatives = None
+    if negative_prompt is not None:
+        negatives = _check_prompts(_per_item(negative_prompt, batch_size, "negative_prompt"), "negative_prompt")
+    durations = masks.check_durations(duration, batch_size)
+    _check_number(steps, "steps", 1, integer=True)
+    _check_number(cfg_scale, "cfg_scale", 0)
+    _check_number(apg_scale, "apg_scale", 0, 1)
+    _check_number(init_noise_level, "init_noise_level", 0, 1)
+    if sampler_type is None:
+        sampler_type = default_sampler(c.diffusion_objective)
+    elif sampler_type not in SAMPLERS:
+        raise ValueError(f"sampler_type={sampler_type!r} is unknown; allowed: {', '.join(map(repr, SAMPLERS))}")
+    if chunked_decode not in (None, True, False):
+        raise ValueError(f"chunked_decode={chunked_decode!r} is invalid; allowed: None (config), True, False")
+    init = load_audio_input(init_audio, "init_audio") if init_audio is not None else None
+    inpaint = load_audio_input(inpaint_audio, "inpaint_audio") if inpaint_audio is not None else None
+    if continuation:
+        if inpaint is None:
+            raise ValueError("continuation=True needs inpaint_audio: the audio to continue")
+        if inpaint_mask_start_seconds is None and inpaint_mask_end_seconds is None:
+            inpaint_mask_start_seconds = inpaint[0].shape[-1] / inpaint[1]
+            inpaint_mask_end_seconds = max(durations)
+            if inpaint_mask_start_seconds >= inpaint_mask_end_seconds:
+                raise ValueError(
+                    f"continuation: the inpaint audio ({inpaint_mask_start_seconds:.2f} s) is not shorter than "
+                    f"duration={max(durations)}; ask for a longer duration"
+                )
+    regions = masks.inpaint_regions(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
+    if (regions is not None or inpaint_mask is not None) and inpaint is None:
+        log.warning("an inpaint mask was given without inpaint_audio: the kept regions are conditioned on silence")
+    sr = c.sample_rate
+    ratio = c.autoencoder.downsampling_ratio
+    encoder_cfg = c.config["model"]["pretransform"]["config"]["encoder"]["config"]
+    num_samples = masks.audio_sample_size(
+        durations, sample_rate=sr, downsampling_ratio=ratio,
+        latents_per_align=masks.latents_per_alignment(encoder_cfg),
+        padding_seconds=duration_padding_sec, sample_size=sample_size,
+    )
+    length = num_samples // ratio
+    device = c.device
+
+    # -- masks, seed, noise -------------------------------------------------------------------
+    latent_mask = masks.build_inpaint_mask(
+        num_samples=num_samples, latent_length=length, sample_rate=sr, durations=durations,
+        batch_size=batch_size, start_seconds=inpaint_mask_start_seconds, end_seconds=inpaint_mask_end_seconds,
+        mask=inpaint_mask, device=device,
+    )
+    seed_generator(seed)
+    noise = initial_noise(batch_size, c.latent_channels, length, device=device, dtype=c.dtype)
+
+    # -- conditioning -------------------------------------------------------------------------
+    batch = [{"prompt": p, "seconds_total": d} for p, d in zip(prompts, durations, strict=True)]
+    cond = c.conditioner.encode(batch, device)
+    negative = None
+    if negatives is not None:
+        negative = c.conditioner.encode(
+            [{"prompt": p, "seconds_total": d} for p, d in zip(negatives, durations, strict=True)], device)
+    uncond = uncond_cross_attn_cond(cond, negative)
+
+    init_latents = None
+    if init is not None:
+        init_latents = encode_audio_input(c, init[0], init[1], num_samples).repeat(batch_size, 1, 1)
+    inpaint_latents = None
+    if inpaint is not None:
+        inpaint_latents = encode_audio_input(c, inpaint[0], inpaint[1], num_samples)
+    local = masks.local_add_cond(latent_mask, inpaint_latents, batch_size=batch_size,
+                                 channels=c.latent_channels, latent_length=length, device=device)
+
+    lengths = masks.valid_lengths(durations, sample_rate=sr, downsampling_ratio=ratio, latent_length=length,
+                                  padding_seconds=duration_padding_sec).to(device)
+    pad_mask = masks.padding_mask(lengths, length)
+    dtype = c.dtype
+    cross, glob, local = cond.cross_attn_cond.to(dtype), cond.global_cond.to(dtype), local.to(dtype)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return c.dit(
+            x, t, cross_attn_cond=cross, global_cond=glob, local_add_cond=local, padding_mask=pad_mask,
+            negative_cross_attn_cond=uncond, cfg_scale=cfg_scale, apg_scale=apg_scale,
+            attention_padding=c.attention_padding,
+        ).to(x.dtype)
+
+    # -- sampling -----------------------------------------------------------------------------
+    sigma_max = init_noise_level if init_latents is not None else 1.0
+    x = noised_init(init_latents.to(noise.dtype), noise, sigma_max) if init_latents is not None else noise
+    content = masks.content_latents(durations, sample_rate=sr, downsampling_ratio=ratio)
+    shift = shift_from_options(c.config["model"]["diffusion"].get("sampling_distribution_shift_options"))
+    schedule = build_schedule(steps, content, sigma_max, shift, device=device)
+    latents = sample(denoise, x, schedule, sampler_type, callback)
+    if return_latents:
+        return latents
+
+    # -- decode -------------------------------------------------------------------------------
+    ae_dtype = next(c.autoencoder.parameters()).dtype
+    chunked = c.chunked_default if chunked_decode is None else chunked_decode
+    audio = c.autoencoder.decode_audio(latents.to(ae_dtype), chunked=chunked)
+    keep = pad_mask.repeat_interleave(ratio, dim=-1)[:, None, :]
+    if keep.shape[-1] >= audio.shape[-1]:
+        keep = keep[..., : audio.shape[-1]]
+    else:
+        keep = torch.nn.functional.pad(keep, (0, audio.shape[-1] - keep.shape[-1]), value=False)
+    audio = (audio * keep.to(audio.dtype)).float()
+    if clamp:
+        audio = audio.clamp(-1, 1)
+    if truncate_output_to_duration:
+        if all(d == durations[0] for d in durations):
+            audio = audio[..., : int(durations[0] * sr)]
+        else:
+            log.warning("durations differ between items: returning the full length; trim each item yourself")
+    return audio
