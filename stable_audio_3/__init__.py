@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["AutoencoderModel", "StableAudioModel", "__version__"]
+__all__ = ["AutoencoderModel", "GenerationCancelled", "StableAudioModel", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,4 +12,8 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name == "GenerationCancelled":
+        from .pipeline import GenerationCancelled
+
+        return GenerationCancelled
     raise AttributeError(f"module 'stable_audio_3' has no attribute {name!r}")

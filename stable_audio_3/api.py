@@ -183,6 +183,7 @@ class StableAudioModel:
         self.config_path = files.config_path
         self.device = components.device
         self.loras = lora_set
+        self.last_seeds: list[int] = []
 
     @property
     def dit(self):
@@ -251,21 +252,45 @@ class StableAudioModel:
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
         return cls(components, files, loras)
 
-    @torch.inference_mode()
-    def generate(self, prompt=None, negative_prompt=None, duration=120, steps: int = 8, cfg_scale: float = 1.0,
-                 seed: int = -1, batch_size: int = 1, **kwargs) -> torch.Tensor:
-        """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz, or latents.
+    @property
+    def max_duration(self) -> float:
+        """Longest output in seconds: the config's sample_size (380 s for medium, 120 s for small)."""
+        return self.components.max_samples / self.sample_rate
 
-        Besides the arguments above: `init_audio` ((sr, audio) or a path) with `init_noise_level`;
-        `inpaint_audio` with `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers or
-        lists: one region each) or `continuation=True` (keep the given audio, continue it to
-        `duration`); `apg_scale`, `sampler_type`, `duration_padding_sec`, `chunked_decode`
-        (None = the config's choice), `return_latents`, `clamp`, `callback`.
+    @property
+    def is_base(self) -> bool:
+        """-base (rectified_flow) models want Euler, ~50 steps and cfg ~7; post-trained ones 8 steps, cfg 1."""
+        return self.components.diffusion_objective == "rectified_flow"
+
+    @torch.inference_mode()
+    def generate(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
+                 duration: float | Sequence[float] = 120, steps: int = 8, cfg_scale: float = 1.0,
+                 seed: int | Sequence[int] = -1, batch_size: int = 1, **kwargs) -> torch.Tensor:
+        """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz (or the latents).
+
+        - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`): one value, or a
+          list with one per batch item. `seed`: an int, -1 for a random one, or a list of per-item
+          seeds (item i then equals a batch-1 call with seed i). `model.last_seeds` holds the seeds
+          used after the call (with one int seed the whole batch shares it).
+        - `init_audio` with `init_noise_level` (audio-to-audio); `inpaint_audio` with
+          `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers, or lists for several
+          regions) or `inpaint_mask`, or `continuation=True` (keep the whole given audio and continue
+          it up to `duration`). Audio is `(sample_rate, x)`, `(x, sample_rate)` or a file path.
+        - Guidance and sampling: `apg_scale` (1.0), `sampler_type` ('pingpong', 'euler', 'rk4',
+          'dpmpp'; default by model), `dist_shift`, `cfg_interval`, `scale_phi`, `cfg_norm_threshold`,
+          `duration_padding_sec` (6.0), `sample_size` (default: the model's maximum).
+        - Output: `chunked_decode` (None = the config's choice), `return_latents`,
+          `truncate_output_to_duration`, `clamp` (False: unclamped, for your own peak handling).
+        - `callback(step, total, x)` after every step (x: the current clean-latent estimate); returning
+          False raises `GenerationCancelled`. `noise_device="cpu"` draws all noise on the CPU so a
+          seed gives the same audio on every device.
         """
         from .pipeline import generate
 
-        return generate(self.components, prompt=prompt, negative_prompt=negative_prompt, duration=duration,
-                        steps=steps, cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, **kwargs)
+        result, self.last_seeds = generate(self.components, prompt=prompt, negative_prompt=negative_prompt,
+                                           duration=duration, steps=steps, cfg_scale=cfg_scale, seed=seed,
+                                           batch_size=batch_size, **kwargs)
+        return result
 
     # -- LoRA ------------------------------------------------------------------------------------
     def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:

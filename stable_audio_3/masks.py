@@ -157,7 +157,14 @@ def inpaint_regions(start_seconds: Seconds | None, end_seconds: Seconds | None) 
                 f"inpaint_mask_end_seconds={e!r} is not after inpaint_mask_start_seconds={s!r}; "
                 "each region must end after it starts"
             )
-    return [(float(s), float(e)) for s, e in zip(starts, ends, strict=True)]
+    regions = sorted((float(s), float(e)) for s, e in zip(starts, ends, strict=True))
+    for (s0, e0), (s1, e1) in zip(regions, regions[1:], strict=False):
+        if s1 < e0:
+            raise ValueError(
+                f"inpaint regions {s0:g}-{e0:g} s and {s1:g}-{e1:g} s overlap; give non-overlapping regions "
+                "(merge them into one)"
+            )
+    return regions
 
 
 def mask_from_regions(

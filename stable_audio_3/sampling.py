@@ -249,7 +249,11 @@ def _report(
 
 
 def sample_pingpong(
-    denoise: Denoiser, x: torch.Tensor, schedule: torch.Tensor, callback: StepCallback | None = None
+    denoise: Denoiser,
+    x: torch.Tensor,
+    schedule: torch.Tensor,
+    callback: StepCallback | None = None,
+    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
 ) -> torch.Tensor:
     """Ping-pong sampling for distilled models: jump to the clean estimate, re-noise to the next t with
     fresh noise. The final step re-noises with weight 0, but still draws (RNG order)."""
@@ -260,7 +264,7 @@ def sample_pingpong(
         t_next = schedule[:, i + 1].to(x.dtype)[:, None, None]
         denoised = x - t_now[:, None, None] * denoise(x, t_now)
         _report(callback, i, steps, t_now, x, denoised)
-        x = (1 - t_next) * denoised + t_next * torch.randn_like(x)
+        x = (1 - t_next) * denoised + t_next * randn_like(x)
     return x
 
 
@@ -338,8 +342,14 @@ def sample(
     schedule: torch.Tensor,
     sampler: str = "pingpong",
     callback: StepCallback | None = None,
+    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
 ) -> torch.Tensor:
-    """Run the named sampler from x (already noised to schedule[:, 0]) down to t = 0."""
+    """Run the named sampler from x (already noised to schedule[:, 0]) down to t = 0.
+
+    `randn_like` supplies the stochastic samplers' fresh noise (torch's global generator by default).
+    """
     if sampler not in SAMPLER_FUNCTIONS:
         raise ValueError(f"sampler_type={sampler!r} is unknown; allowed: {', '.join(map(repr, SAMPLERS))}")
+    if sampler == "pingpong":
+        return sample_pingpong(denoise, x, schedule, callback, randn_like)
     return SAMPLER_FUNCTIONS[sampler](denoise, x, schedule, callback)

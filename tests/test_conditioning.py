@@ -13,13 +13,13 @@ import torch
 from golden import GOLDEN, all_cases, assert_close, fixture_dir, load_case, rel_err
 from safetensors.torch import load_file, save_file
 
+from stable_audio_3.guidance import unconditional_cross_cond
 from stable_audio_3.loading import ModelLoadError, packaged_config
 from stable_audio_3.models import fourier as C
 from stable_audio_3.models.conditioning import (
     Conditioner,
     PromptTokenizer,
     resolve_text_encoder_dir,
-    uncond_cross_attn_cond,
 )
 from stable_audio_3.models.fourier import expo_frequencies
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
@@ -310,7 +310,7 @@ def test_full_size_conditioner_matches_the_manifest(name: str) -> None:
 
 def test_uncond_without_negative_prompt_is_all_zeros() -> None:
     cond = conditioner("tiny-small").encode([{"prompt": "lofi", "seconds_total": 3.0}] * 2)
-    uncond = uncond_cross_attn_cond(cond)
+    uncond = unconditional_cross_cond(cond.cross_attn_cond)
     assert uncond.shape == cond.cross_attn_cond.shape == (2, 65, 768)
     assert uncond.dtype == cond.cross_attn_cond.dtype and not uncond.any()
 
@@ -321,7 +321,9 @@ def test_uncond_with_negative_prompt_zeroes_its_masked_tokens() -> None:
         [{"prompt": "lofi house loop", "seconds_total": 3.0}, {"prompt": "rain", "seconds_total": 8.0}]
     )
     negative = cond.encode([{"prompt": "noise", "seconds_total": 3.0}, {"prompt": "", "seconds_total": 8.0}])
-    uncond = uncond_cross_attn_cond(positive, negative)
+    uncond = unconditional_cross_cond(
+        positive.cross_attn_cond, negative.cross_attn_cond, negative.cross_attn_mask
+    )
     assert uncond.shape == positive.cross_attn_cond.shape
     keep = negative.cross_attn_mask.bool()
     # Masked tokens are zeros, not the learned padding vector the negative conditioning holds there.
@@ -331,8 +333,9 @@ def test_uncond_with_negative_prompt_zeroes_its_masked_tokens() -> None:
     # The seconds token (last) is always kept; the empty negative prompt keeps BOS/EOS (tiny-medium flags).
     assert keep[:, -1].all() and torch.equal(uncond[:, -1], negative.parts["seconds_total"].embeds[:, 0])
     assert keep[1].sum() == 3
-    with pytest.raises(ValueError, match="negative cross-attention cond"):
-        uncond_cross_attn_cond(positive, cond.encode([{"prompt": "x", "seconds_total": 1.0}]))
+    with pytest.raises(ValueError, match="negative_cross_attn_cond has shape"):
+        other = cond.encode([{"prompt": "x", "seconds_total": 1.0}]).cross_attn_cond
+        unconditional_cross_cond(positive.cross_attn_cond, other)
 
 
 # -- Fourier frequencies ---------------------------------------------------------------------------

@@ -359,21 +359,3 @@ class Conditioner(nn.Module):
     def encode(self, batch: Sequence[dict], device: str | torch.device = "cpu") -> DiTConditioning:
         """Batch of {"prompt", "seconds_total"} dicts -> DiT conditioning."""
         return self.dit_inputs(self(batch, device))
-
-
-def uncond_cross_attn_cond(cond: DiTConditioning, negative: DiTConditioning | None = None) -> torch.Tensor:
-    """Cross-attention input of the classifier-free-guidance "unconditional" half (spec §4.6).
-
-    With a negative prompt: its tokens where its mask is set, **zeros** elsewhere (not the learned
-    padding vector; the seconds token has mask 1 and is kept). Without one: all zeros, seconds token
-    included. The global cond of that half is the positive one (the negative's is not used).
-    """
-    zeros = torch.zeros_like(cond.cross_attn_cond)
-    if negative is None:
-        return zeros
-    if negative.cross_attn_cond.shape != zeros.shape:
-        raise ValueError(
-            f"negative cross-attention cond {tuple(negative.cross_attn_cond.shape)} != positive {tuple(zeros.shape)}"
-        )
-    keep = negative.cross_attn_mask.bool()[..., None]
-    return torch.where(keep, negative.cross_attn_cond.to(zeros.dtype), zeros)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import apply_rope, attention, check_backend, rope_angles
+from .noise import GLOBAL, NoiseSource
 
 PI = 3.14159265359  # the literal the reference's sin(pi x) activation uses
 
@@ -191,7 +192,8 @@ class ResamplingBlock(nn.Module):
             x = block(x, None, backend)
         return x.reshape(b, -1, x.shape[-1])[:, shift:-shift]
 
-    def forward(self, x: torch.Tensor, noise: bool = True, backend: str = "auto") -> torch.Tensor:
+    def forward(self, x: torch.Tensor, noise: bool = True, backend: str = "auto",
+                rng: NoiseSource = GLOBAL) -> torch.Tensor:
         b = x.shape[0]
         if self.kind == "encoder":
             x = pad_to_multiple(x, self.chunk_size if self.window is None else self.stride, dim=-1)
@@ -207,7 +209,7 @@ class ResamplingBlock(nn.Module):
         x = x.reshape(b * groups, group_len, d)
         tokens = self.new_tokens.expand(b * groups, new_count, d)
         if self.mask_noise > 0 and noise:
-            tokens = tokens + torch.randn_like(tokens) * self.mask_noise
+            tokens = tokens + rng.randn_like(tokens) * self.mask_noise
         x = torch.cat([x, tokens.to(x.dtype)], dim=1).reshape(b, groups * self.sub_chunk, d)
         x = self._run_stack(x, backend)
         x = x.reshape(b, groups, self.sub_chunk, d)[:, :, -new_count:]
@@ -275,9 +277,10 @@ class SAMEDecoder(nn.Module):
                             **_block_kwargs(cfg)),
         ])
 
-    def forward(self, z: torch.Tensor, noise: bool = True, backend: str = "auto") -> torch.Tensor:
+    def forward(self, z: torch.Tensor, noise: bool = True, backend: str = "auto",
+                rng: NoiseSource = GLOBAL) -> torch.Tensor:
         x = self.layers[1](z.transpose(1, 2)).transpose(1, 2)
-        return self.layers[3](x, noise=noise, backend=backend)
+        return self.layers[3](x, noise=noise, backend=backend, rng=rng)
 
 
 class SoftNormBottleneck(nn.Module):
@@ -299,11 +302,11 @@ class SoftNormBottleneck(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.scaling_factor + self.bias) / self.running_std
 
-    def decode(self, z: torch.Tensor, noise: bool = True) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
         x = z * self.running_std
         if self.noise_regularize and noise:
             # A -60 dB dither the reference applies at inference too.
-            x = x + torch.randn_like(x) * self.running_std * 1e-3
+            x = x + rng.randn_like(x) * self.running_std * 1e-3
         return x
 
 
@@ -342,10 +345,10 @@ class SAMEAutoencoder(nn.Module):
         x = self.encoder(x, backend=self.attention_backend)
         return self.bottleneck.encode(x)
 
-    def decode(self, latents: torch.Tensor, noise: bool = True) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
         """(B, latent_dim, T) -> (B, C, T' * 4096) audio in one pass (T' = T, or even for SAME-S)."""
-        x = self.bottleneck.decode(latents, noise=noise)
-        x = self.decoder(x, noise=noise, backend=self.attention_backend)
+        x = self.bottleneck.decode(latents, noise=noise, rng=rng)
+        x = self.decoder(x, noise=noise, backend=self.attention_backend, rng=rng)
         b, _, length = x.shape
         x = x.reshape(b, self.audio_channels, self.patch_size, length).permute(0, 1, 3, 2)
         return x.reshape(b, self.audio_channels, length * self.patch_size)
@@ -364,13 +367,13 @@ class SAMEAutoencoder(nn.Module):
         return stitch(chunks, out_starts, total // hop, chunk_size, overlap // 2)
 
     def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
-                     overlap: int = 32, noise: bool = True) -> torch.Tensor:
+                     overlap: int = 32, noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
         """Decode, optionally in overlapping chunks; each chunk makes its own noise draws."""
         total = latents.shape[-1]
         if not chunked or total < chunk_size:
-            return self.decode(latents, noise=noise)
+            return self.decode(latents, noise=noise, rng=rng)
         starts = chunk_starts(total, chunk_size, chunk_size - overlap)
-        chunks = [self.decode(latents[..., s : s + chunk_size], noise=noise) for s in starts]
+        chunks = [self.decode(latents[..., s : s + chunk_size], noise=noise, rng=rng) for s in starts]
         hop = self.downsampling_ratio
         out_starts = [s * hop for s in starts]
         return stitch(chunks, out_starts, total * hop, chunk_size * hop, (overlap // 2) * hop)

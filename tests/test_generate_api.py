@@ -1,0 +1,180 @@
+"""generate() beyond the fixtures: seeds, callbacks, input forms, validation, full-size layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from golden import GOLDEN, fixture_dir, load_case, rel_err
+
+from stable_audio_3 import GenerationCancelled, StableAudioModel
+from stable_audio_3.api import build_autoencoder
+from stable_audio_3.loading import DIFFUSION_MODELS, packaged_config
+
+_MODEL: dict[str, StableAudioModel] = {}
+
+
+def model() -> StableAudioModel:
+    if "m" not in _MODEL:
+        _MODEL["m"] = StableAudioModel.from_pretrained(fixture_dir("tiny-small"), device="cpu")
+    return _MODEL["m"]
+
+
+def sig_a() -> torch.Tensor:
+    return load_case("tiny-small", "gen_a2a_noise0.5").inputs["init_audio"]
+
+
+def test_same_seed_same_audio_and_random_seed_is_reported() -> None:
+    m = model()
+    a = m.generate("lofi house loop", duration=1.0, seed=5)
+    assert m.last_seeds == [5]
+    b = m.generate("lofi house loop", duration=1.0, seed=5)
+    assert torch.equal(a, b)
+    c = m.generate("lofi house loop", duration=1.0, seed=-1)
+    (used,) = m.last_seeds
+    assert 0 <= used < 99999
+    assert torch.equal(c, m.generate("lofi house loop", duration=1.0, seed=used))
+
+
+def test_per_item_seeds_reproduce_batch_one_results() -> None:
+    m = model()
+    prompts = ["lofi house loop", "rain on a tin roof"]
+    batch = m.generate(prompts, duration=1.5, seed=[3, 11], batch_size=2)
+    assert m.last_seeds == [3, 11]
+    for i, (p, s) in enumerate(zip(prompts, [3, 11], strict=True)):
+        single = m.generate(p, duration=1.5, seed=s)
+        assert rel_err(batch[i : i + 1], single) < 1e-3
+    # One shared seed gives different noise per item, so item 1 differs from a batch-1 run.
+    shared = m.generate(prompts, duration=1.5, seed=3, batch_size=2)
+    assert m.last_seeds == [3, 3]
+    assert rel_err(shared[1:], m.generate(prompts[1], duration=1.5, seed=3)) > 1e-2
+
+
+def test_callback_sees_every_step_and_can_cancel() -> None:
+    m = model()
+    seen = []
+    m.generate("x", duration=1.0, steps=4, seed=1, callback=lambda i, n, x: seen.append((i, n, x.shape)))
+    assert [s[:2] for s in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    with pytest.raises(GenerationCancelled, match="cancelled by the callback at step 2/4"):
+        m.generate("x", duration=1.0, steps=4, seed=1, callback=lambda i, n, x: i < 2)
+
+
+def test_audio_input_forms_agree() -> None:
+    m = model()
+    audio = sig_a()
+    ref = m.generate("x", duration=2.0, seed=2, init_audio=(44100, audio), init_noise_level=0.5, return_latents=True)
+    swapped = m.generate("x", duration=2.0, seed=2, init_audio=(audio, 44100), init_noise_level=0.5,
+                         return_latents=True)
+    as_numpy = m.generate("x", duration=2.0, seed=2, init_audio=(44100, audio.T.numpy()), init_noise_level=0.5,
+                          return_latents=True)
+    assert torch.equal(ref, swapped)
+    assert torch.equal(ref, as_numpy)
+
+
+def test_unclamped_output_and_noise_on_cpu() -> None:
+    m = model()
+    a = m.generate("x", duration=1.0, seed=4, clamp=False)
+    b = m.generate("x", duration=1.0, seed=4)
+    assert torch.equal(a.clamp(-1, 1), b)
+    assert torch.equal(m.generate("x", duration=1.0, seed=4, noise_device="cpu"), b)
+
+
+def test_inpainting_with_batch_size_above_one() -> None:
+    """The reference crashes here; we repeat the mask and the inpaint latents over the batch."""
+    m = model()
+    audio = sig_a()
+    out = m.generate(["a", "b", "c"], duration=3.0, seed=[1, 2, 3], batch_size=3, inpaint_audio=(44100, audio),
+                     inpaint_mask_start_seconds=[0.5, 2.0], inpaint_mask_end_seconds=[1.0, 2.5])
+    assert out.shape == (3, 2, 3 * 44100)
+    single = m.generate("b", duration=3.0, seed=2, inpaint_audio=(44100, audio),
+                        inpaint_mask_start_seconds=[0.5, 2.0], inpaint_mask_end_seconds=[1.0, 2.5])
+    assert rel_err(out[1:2], single) < 1e-3
+
+
+def test_continuation_keeps_the_given_audio_and_continues_it() -> None:
+    m = model()
+    prefix = sig_a()[:, : 44100]
+    a = m.generate("x", duration=3.0, seed=9, inpaint_audio=(44100, prefix), continuation=True, return_latents=True)
+    b = m.generate("x", duration=3.0, seed=9, inpaint_audio=(44100, prefix), inpaint_mask_start_seconds=1.0,
+                   inpaint_mask_end_seconds=3.0, return_latents=True)
+    assert torch.equal(a, b)
+
+
+def test_each_model_has_its_own_maximum() -> None:
+    m = model()
+    assert m.max_duration == pytest.approx(5292032 / 44100)
+    with pytest.raises(ValueError, match=r"duration=121 is too long; this model allows at most 120.00 seconds"):
+        m.generate("x", duration=121)
+
+
+BAD = [
+    (dict(duration=0), "duration=0 is invalid; a positive finite number of seconds"),
+    (dict(duration=-2.0), "duration=-2.0 is invalid"),
+    (dict(duration=[1.0, 2.0]), "duration has 2 values but batch_size=1"),
+    (dict(steps=0), "steps=0 is invalid; an integer >= 1 is required"),
+    (dict(cfg_scale=float("inf")), "cfg_scale=inf is invalid; a number >= 0 is required"),
+    (dict(cfg_scale=float("nan")), "cfg_scale=nan is invalid"),
+    (dict(prompt=["a", "b"]), "prompt has 2 values but batch_size=1"),
+    (dict(seed=[1, 2]), "seed has 2 values but batch_size=1"),
+    (dict(seed="x"), "seed='x' is invalid"),
+    (dict(init_noise_level=1.5, init_audio=(44100, torch.zeros(2, 100))), "init_noise_level=1.5 is invalid"),
+    (dict(inpaint_mask_start_seconds=2.0, inpaint_mask_end_seconds=1.0),
+     "inpaint_mask_end_seconds=1.0 is not after inpaint_mask_start_seconds=2.0"),
+    (dict(inpaint_mask_start_seconds=[0.5, 1.0], inpaint_mask_end_seconds=[1.5, 2.0]),
+     "inpaint regions 0.5-1.5 s and 1-2 s overlap"),
+    (dict(inpaint_mask_start_seconds=-1.0, inpaint_mask_end_seconds=1.0),
+     "inpaint_mask_start_seconds=-1.0 is invalid"),
+    (dict(init_audio=(44100, torch.zeros(2, 2, 2, 10))), "init_audio: expected a tensor of shape"),
+    (dict(init_audio=(44100, torch.zeros(2, 0))), "init_audio: audio has zero samples"),
+    (dict(init_audio=(44100, torch.full((2, 10), float("nan")))), "init_audio: audio contains NaN"),
+    (dict(init_audio=torch.zeros(2, 10)), "init_audio: a bare array has no sample rate"),
+    (dict(inpaint_audio=(0, torch.zeros(2, 10))), "inpaint_audio sample rate=0 is invalid"),
+    (dict(sampler_type="heun"), "sampler_type='heun' is unknown; allowed: 'pingpong'"),
+    (dict(chunked_decode="yes"), "chunked_decode='yes' is invalid; allowed: None"),
+    (dict(continuation=True), "continuation=True needs inpaint_audio"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD)
+def test_bad_arguments_fail_before_any_work(kwargs: dict, message: str, monkeypatch) -> None:
+    m = model()
+    calls = []
+    monkeypatch.setattr(m.components.conditioner, "encode", lambda *a, **k: calls.append(1))
+    kwargs = {"prompt": "x", "duration": 1.0, **kwargs}
+    with pytest.raises(ValueError) as err:
+        m.generate(**kwargs)
+    assert message in str(err.value)
+    assert calls == []  # nothing heavy ran
+
+
+@pytest.mark.parametrize("name", DIFFUSION_MODELS)
+def test_full_size_model_matches_manifest(name: str) -> None:
+    """DiT + conditioner + autoencoder built from the packaged config have the manifest's keys and shapes."""
+    from stable_audio_3.models.conditioning import Conditioner
+    from stable_audio_3.models.dit import DiffusionTransformer
+
+    path = GOLDEN / "manifests" / f"{name}.json"
+    if not path.is_file():
+        pytest.skip(f"manifest {path} not found (set SA3_GOLDEN)")
+    manifest = json.loads(path.read_text())
+    cfg = packaged_config(name)
+    assert cfg == manifest["config_used"]
+    with torch.device("meta"):
+        dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
+        cond = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
+    ae = build_autoencoder(cfg, None, name)
+    ours = {f"model.model.{k}": tuple(v.shape) for k, v in dit.state_dict().items()}
+    ours |= {f"conditioner.{k}": tuple(v.shape) for k, v in cond.state_dict().items()}
+    ours |= {f"pretransform.model.{k}": tuple(v.shape) for k, v in ae.state_dict().items()}
+    assert ours == {t["key"]: tuple(t["shape"]) for t in manifest["tensors"]}
+
+
+def test_numpy_int16_init_audio_is_scaled() -> None:
+    m = model()
+    pcm = (np.sin(np.arange(44100) / 7) * 20000).astype(np.int16)
+    a = m.generate("x", duration=1.0, seed=1, init_audio=(44100, pcm), init_noise_level=0.3, return_latents=True)
+    b = m.generate("x", duration=1.0, seed=1, init_audio=(44100, torch.from_numpy(pcm / 32767).float()),
+                   init_noise_level=0.3, return_latents=True)
+    assert rel_err(a, b) < 1e-5
