@@ -1,0 +1,226 @@
+"""One worker thread per loaded model: takes queued jobs from the store, batches compatible ones, generates.
+
+Batched jobs keep their own per-item seeds, so each one's audio equals what it would get alone.
+Cancellation and the per-job timeout act through generate()'s step callback: it returns False and
+generation stops at the next sampling step.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from .. import GenerationCancelled
+from ..audio import read_audio, write_audio
+from .config import ServerConfig
+from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity
+
+log = logging.getLogger("stable_audio_3.server")
+
+# generate() arguments a job stores besides prompt/negative_prompt/duration (taken from the batch's first job)
+SHARED_ARGS = (
+    "steps",
+    "cfg_scale",
+    "apg_scale",
+    "sampler_type",
+    "scale_phi",
+    "cfg_norm_threshold",
+    "duration_padding_sec",
+    "chunked_decode",
+    "init_noise_level",
+    "continuation",
+)
+MAINTENANCE_EVERY_S = 30.0
+
+
+class Metrics:
+    """Counters for /metrics (Prometheus text format), shared by the app and the workers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        with self._lock:
+            self.counters[(name, tuple(sorted(labels.items())))] += value
+
+    def snapshot(self) -> dict[tuple[str, tuple], float]:
+        with self._lock:
+            return dict(self.counters)
+
+
+class Worker:
+    """Runs the queue of one model on its device until `stop()`."""
+
+    def __init__(self, name: str, model, store: JobStore, config: ServerConfig, metrics: Metrics):
+        self.name, self.model, self.store, self.config, self.metrics = name, model, store, config, metrics
+        self.owner = worker_identity()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"sa3-worker-{name}", daemon=True)
+        self.busy_since: float | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def wake(self) -> None:
+        """A job was queued: look now instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- loop ------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        last_maintenance = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - last_maintenance > MAINTENANCE_EVERY_S:
+                    self._maintenance()
+                    last_maintenance = time.monotonic()
+                if self.config.batch_wait_s > 0:
+                    self._wait_for_company()
+                jobs = self.store.claim_batch(self.name, self.config.max_batch, self.owner)
+                if not jobs:
+                    self._wake.wait(self.config.poll_interval_s)
+                    self._wake.clear()
+                    continue
+                self.busy_since = time.time()
+                try:
+                    self._run(jobs)
+                finally:
+                    self.busy_since = None
+            except Exception:  # the worker must outlive any single job or database hiccup
+                log.exception("worker %s: unexpected error; continuing", self.name)
+                self._stop.wait(1.0)
+
+    def _maintenance(self) -> None:
+        expired = self.store.expire(self.config.expiry_s)
+        # a replica that died leaves 'running' jobs behind; they come back once its heartbeat is old enough
+        stale = self.store.requeue_running(stale_after_s=self.config.job_timeout_s + 120)
+        if expired or stale:
+            log.info("worker %s: %d finished jobs expired, %d stale jobs requeued", self.name, expired, stale)
+
+    def _wait_for_company(self) -> None:
+        """Hold the oldest queued job up to batch_wait_s for compatible ones, unless its batch is already full
+        or it cannot be batched at all."""
+        while not self._stop.is_set():
+            head = self.store.queue_head(self.name)
+            if head is None:
+                return
+            created, batchable_items = head
+            remaining = created + self.config.batch_wait_s - time.time()
+            if remaining <= 0 or batchable_items is None or batchable_items >= self.config.max_batch:
+                return
+            self._wake.wait(min(remaining, 0.05))
+            self._wake.clear()
+
+    # -- one batch ---------------------------------------------------------------------------------
+    def _run(self, jobs: list[Job]) -> None:
+        ids = [j.id for j in jobs]
+        batch_id = jobs[0].batch_id
+        first = jobs[0]
+        t0, wall0 = time.monotonic(), time.time()
+        deadline = t0 + self.config.job_timeout_s
+        state = {"timed_out": False}
+
+        def on_step(step: int, total: int, x) -> bool | None:
+            cancelled = self.store.progress(ids, step, total)
+            if self._stop.is_set():  # shutting down: stop now, the jobs go back to the queue
+                return False
+            if time.monotonic() > deadline:
+                state["timed_out"] = True
+                return False
+            if len(cancelled) == len(ids):
+                return False
+            return None
+
+        p = first.params
+        kwargs = {k: p[k] for k in SHARED_ARGS}
+        kwargs["cfg_interval"] = tuple(p["cfg_interval"])
+        if p["inpaint_mask_start_seconds"] is not None:
+            kwargs["inpaint_mask_start_seconds"] = p["inpaint_mask_start_seconds"]
+            kwargs["inpaint_mask_end_seconds"] = p["inpaint_mask_end_seconds"]
+        prompts = [x for j in jobs for x in j.params["prompt"]]
+        negatives = None if p["negative_prompt"] is None else [x for j in jobs for x in j.params["negative_prompt"]]
+        durations = [x for j in jobs for x in j.params["duration"]]
+        seeds = [s for j in jobs for s in j.seeds]
+        log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), len(seeds), ", ".join(ids))
+        try:
+            for role, filename in first.inputs.items():  # uploads were decoded and re-encoded by the server
+                audio, sr = read_audio(self.store.file_path(first.id, filename))
+                kwargs[role] = (sr, audio)
+            audio = self.model.generate(
+                prompt=prompts,
+                negative_prompt=negatives,
+                duration=durations,
+                seed=seeds,
+                batch_size=len(seeds),
+                callback=on_step,
+                noise_device=self.config.noise_device,
+                **kwargs,
+            )
+        except GenerationCancelled:
+            if self._stop.is_set() and not state["timed_out"]:
+                self.store.requeue(jobs)
+                log.info("worker %s: stopped; %d jobs back in the queue", self.name, len(jobs))
+            elif state["timed_out"]:
+                msg = f"timed out: the job ran longer than {self.config.job_timeout_s:g} s and was stopped"
+                self._end(jobs, FAILED, msg)
+            else:
+                self._end(jobs, CANCELLED, None)
+            return
+        except ValueError as e:  # the Python API refused an argument the server let through
+            self._end(jobs, FAILED, f"invalid request: {e}")
+            return
+        except Exception as e:
+            log.exception("worker %s: generation failed", self.name)
+            self._end(jobs, FAILED, f"generation failed: {type(e).__name__}: {e}")
+            return
+        gen_s = time.monotonic() - t0
+        self.metrics.inc("sa3_batches_total", model=self.name)
+        self.metrics.inc("sa3_batch_items_total", len(seeds), model=self.name)
+        self.metrics.inc("sa3_generate_seconds_total", gen_s, model=self.name)
+
+        cancelled = self.store.cancel_requested(ids)
+        sr, offset = self.model.sample_rate, 0
+        for job in jobs:
+            items = audio[offset : offset + job.num_items]
+            offset += job.num_items
+            if job.id in cancelled:
+                self._end([job], CANCELLED, None)
+                continue
+            try:
+                outputs = []
+                for i, (item, d) in enumerate(zip(items, job.params["duration"], strict=True)):
+                    name = f"output_{i}.wav"
+                    write_audio(self.store.file_path(job.id, name), item[:, : int(d * sr)], sr, subtype="FLOAT")
+                    outputs.append(name)
+                    self.metrics.inc("sa3_audio_seconds_total", d, model=self.name)
+            except Exception as e:
+                log.exception("worker %s: writing job %s failed", self.name, job.id)
+                self._end([job], FAILED, f"writing the audio failed: {e}")
+                continue
+            timings = {
+                "queued_s": round(wall0 - job.created, 4),
+                "generate_s": round(gen_s, 4),
+                "total_s": round(time.time() - job.created, 4),
+            }
+            if self.store.finish(job.id, batch_id, COMPLETED, outputs=outputs, timings=timings):
+                self.store.remove_files(job.id, keep_outputs=True)
+                self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=COMPLETED)
+
+    def _end(self, jobs: list[Job], status: str, error: str | None) -> None:
+        for job in jobs:
+            if self.store.finish(job.id, job.batch_id, status, error=error):  # False: another worker has it now
+                self.store.remove_files(job.id, keep_outputs=False)
+                self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=status)

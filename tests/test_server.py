@@ -1,0 +1,631 @@
+"""HTTP API (stable_audio_3.server) on the tiny fixture model: jobs, batching, restarts, limits, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+for _package in ("fastapi", "uvicorn", "httpx", "python_multipart"):  # the [server] extra, and httpx
+    pytest.importorskip(_package)
+import soundfile as sf  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+from golden import fixture_dir, rel_err  # noqa: E402
+
+from stable_audio_3 import StableAudioModel  # noqa: E402
+from stable_audio_3.server import ServerConfig, build_parser, create_app, main  # noqa: E402
+from stable_audio_3.server.config import config_from_args  # noqa: E402
+
+SR = 44100
+_MODEL: dict[str, StableAudioModel] = {}
+
+
+def model() -> StableAudioModel:
+    if "m" not in _MODEL:
+        _MODEL["m"] = StableAudioModel.from_pretrained(fixture_dir("tiny-small"), device="cpu")
+    return _MODEL["m"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The workers generate on their own threads; reference calls on this one run single-threaded, which on a
+    small shared CPU is many times faster than 2 OpenMP threads competing with the worker."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@contextmanager
+def server(tmp_path: Path, **settings):
+    config = ServerConfig(data_dir=tmp_path / "data", poll_interval_s=0.05, **settings)
+    with TestClient(create_app(config, models={"tiny": model()})) as client:
+        yield client
+
+
+def wait(client: TestClient, job_id: str, timeout: float = 30.0, until=("completed", "failed", "cancelled")) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        info = client.get(f"/v1/jobs/{job_id}").json()
+        if info["status"] in until:
+            return info
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} did not reach {until} in {timeout} s: {info}")
+
+
+def submit(client: TestClient, **body) -> str:
+    r = client.post("/v1/generate", json=body)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def fetch(client: TestClient, job_id: str, index: int = 0, fmt: str = "wav") -> tuple[np.ndarray, int]:
+    r = client.get(f"/v1/jobs/{job_id}/audio", params={"index": index, "format": fmt})
+    assert r.status_code == 200, r.text
+    data, sr = sf.read(io.BytesIO(r.content), dtype="float32", always_2d=True)
+    return data, sr
+
+
+def wav_bytes(seconds: float, sr: int = 22050, channels: int = 1, freq: float = 330.0) -> bytes:
+    t = np.arange(int(seconds * sr)) / sr
+    audio = (0.4 * np.sin(2 * math.pi * freq * t)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, np.stack([audio] * channels, 1), sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def error_of(r) -> tuple[int, str | None]:
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["message"], body
+    return r.status_code, body["error"]["field"]
+
+
+# -- jobs end to end ------------------------------------------------------------------------------
+def test_text_to_audio_job_gives_the_python_api_audio_in_every_format(tmp_path: Path) -> None:
+    with server(tmp_path) as client:
+        r = client.post("/v1/generate", json={"prompt": "lofi house loop", "duration": 1.5, "seed": 7})
+        assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+        assert r.json()["seeds"] == [7]
+        info = wait(client, r.json()["id"])
+        assert info["status"] == "completed", info
+        assert info["progress"] == 1.0 and info["step"] == info["total_steps"] == 8
+        assert info["seeds"] == [7] and info["durations"] == [1.5] and info["error"] is None
+        assert info["timings"]["generate_s"] > 0 and info["timings"]["total_s"] >= info["timings"]["generate_s"]
+        assert info["audio_urls"] == [f"/v1/jobs/{info['id']}/audio?index=0"]
+        audio, sr = fetch(client, info["id"])
+        assert sr == SR and audio.shape == (int(1.5 * SR), 2)
+        alone = model().generate("lofi house loop", duration=1.5, seed=[7])[0]
+        assert rel_err(torch.from_numpy(audio.T.copy()), alone) < 1e-3
+        for fmt in ("flac", "ogg", "mp3"):
+            coded, sr = fetch(client, info["id"], fmt=fmt)
+            assert sr == SR and coded.shape[1] == 2
+            assert abs(coded.shape[0] - int(1.5 * SR)) < 0.06 * SR, (fmt, coded.shape)  # mp3 adds codec padding
+        # a finished job can be deleted with its audio
+        assert client.delete(f"/v1/jobs/{info['id']}").json() == {"id": info["id"], "deleted": True}
+        assert error_of(client.get(f"/v1/jobs/{info['id']}")) == (404, "job_id")
+
+
+def test_random_seeds_are_reported_per_item_and_reproduce(tmp_path: Path) -> None:
+    with server(tmp_path) as client:
+        first = wait(client, submit(client, prompt=["a", "b"], batch_size=2, duration=1.0))
+        assert first["status"] == "completed" and first["num_outputs"] == 2 and len(first["audio_urls"]) == 2
+        seeds = first["seeds"]
+        again = wait(client, submit(client, prompt=["a", "b"], batch_size=2, duration=1.0, seed=seeds))
+        for i in range(2):
+            assert np.array_equal(fetch(client, first["id"], i)[0], fetch(client, again["id"], i)[0])
+        # an int seed s gives the items the seeds s, s+1, ...
+        assert wait(client, submit(client, prompt="a", batch_size=3, duration=0.5, seed=40))["seeds"] == [40, 41, 42]
+
+
+def test_batching_merges_compatible_jobs_and_each_keeps_its_own_audio(tmp_path: Path) -> None:
+    """Jobs queued while no worker runs (a front end, or a server that was down) are taken together."""
+    bodies = [
+        {"prompt": "lofi house loop", "duration": 1.0, "seed": 3},
+        {"prompt": ["rain on a tin roof", "a"], "batch_size": 2, "duration": 1.0, "seed": [11, 12]},
+        {"prompt": "cellos", "duration": 1.0, "seed": 5, "steps": 4},  # other steps: runs alone
+        {"prompt": "birdsong", "duration": 1.0, "seed": 9},
+    ]
+    with server(tmp_path, run_workers=False) as client:
+        ids = [submit(client, **b) for b in bodies]
+        assert [client.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids] == [0, 1, 2, 3]
+    with server(tmp_path, max_batch=4) as client:
+        infos = [wait(client, i) for i in ids]
+    assert all(i["status"] == "completed" for i in infos), infos
+    merged = [infos[0], infos[1], infos[3]]
+    assert len({i["batch"]["id"] for i in merged}) == 1
+    assert all(i["batch"]["jobs"] == 3 and i["batch"]["items"] == 4 for i in merged)
+    assert infos[2]["batch"]["jobs"] == 1 and infos[2]["batch"]["id"] != infos[0]["batch"]["id"]
+    with server(tmp_path) as client:  # finished jobs survive a restart too
+        for body, info in zip(bodies, infos, strict=True):
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            for i, (prompt, seed) in enumerate(zip(prompts, info["seeds"], strict=True)):
+                # each item again, alone: a job of one item, submitted only after the previous one finished
+                single = {**body, "prompt": prompt, "batch_size": 1, "seed": seed}
+                alone_info = wait(client, submit(client, **single))
+                assert alone_info["batch"]["items"] == 1
+                alone = torch.from_numpy(fetch(client, alone_info["id"])[0].T.copy())
+                got = torch.from_numpy(fetch(client, info["id"], i)[0].T.copy())
+                assert rel_err(got, alone) < 1e-3, (body, i)
+
+
+def test_batch_wait_merges_requests_arriving_together_on_a_running_server(tmp_path: Path) -> None:
+    with server(tmp_path, batch_wait_s=2.0, max_batch=3) as client:
+        ids = [submit(client, prompt=f"p{i}", duration=0.5, seed=i) for i in range(4)]
+        infos = [wait(client, i) for i in ids]
+    assert [i["batch"]["jobs"] for i in infos] == [3, 3, 3, 1]
+    assert len({i["batch"]["id"] for i in infos[:3]}) == 1
+    assert infos[0]["timings"]["queued_s"] < 1.5  # the batch was full: no need to wait any longer
+    assert infos[3]["timings"]["queued_s"] >= 1.9  # alone: held batch_wait_s for company that never came
+
+
+def test_restart_resumes_queued_and_interrupted_jobs_and_expires_old_ones(tmp_path: Path) -> None:
+    with server(tmp_path) as client:
+        done = wait(client, submit(client, prompt="x", duration=0.5, seed=1))["id"]
+    with server(tmp_path, run_workers=False) as client:
+        queued = [submit(client, prompt=f"p{i}", duration=0.5, seed=i) for i in range(3)]
+        store = client.app.state.server.store
+        (interrupted,) = store.claim_batch("tiny", max_items=1, owner="worker-that-dies")  # then the server "dies"
+        assert interrupted.id == queued[0]
+        assert client.get(f"/v1/jobs/{queued[0]}").json()["status"] == "running"
+    with server(tmp_path) as client:
+        infos = [wait(client, i) for i in queued]
+        assert [i["status"] for i in infos] == ["completed"] * 3
+        assert infos[0]["attempts"] == 2 and infos[1]["attempts"] == 1
+        assert client.get(f"/v1/jobs/{done}").json()["status"] == "completed"
+    with server(tmp_path, expiry_s=1e-3, run_workers=False) as client:
+        for job_id in [done, *queued]:
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 404
+        assert not any((tmp_path / "data" / "files").iterdir())
+
+
+def test_audio_to_audio_inpainting_and_continuation_from_uploads(tmp_path: Path) -> None:
+    upload = wav_bytes(2.0, sr=22050, channels=1)
+    source, src_sr = sf.read(io.BytesIO(upload), dtype="float32", always_2d=True)
+    requests = {
+        "a2a": ({"prompt": "x", "duration": 2.0, "seed": 2, "init_noise_level": 0.5}, "init_audio", 2.0),
+        "regions": (
+            {
+                "prompt": "x",
+                "duration": 2.0,
+                "seed": 2,
+                "inpaint_mask_start_seconds": [0.2, 1.0],
+                "inpaint_mask_end_seconds": [0.5, 1.4],
+            },
+            "inpaint_audio",
+            2.0,
+        ),
+        "continue": ({"prompt": "x", "duration": 3.0, "seed": 2, "continuation": True}, "inpaint_audio", 3.0),
+    }
+    with server(tmp_path) as client:
+        ids = {}
+        for name, (body, role, _) in requests.items():
+            r = client.post(
+                "/v1/generate",
+                data={"request": json.dumps(body)},
+                files={role: ("../../etc/evil.wav", upload, "audio/wav")},
+            )
+            assert r.status_code == 202, r.text
+            ids[name] = r.json()["id"]
+        for name, (body, role, seconds) in requests.items():
+            info = wait(client, ids[name])
+            assert info["status"] == "completed", info
+            assert info["request"]["inputs"] == [role]
+            audio, sr = fetch(client, ids[name])
+            assert audio.shape == (int(seconds * SR), 2)
+            kwargs = {k: v for k, v in body.items() if k != "prompt"}
+            alone = model().generate("x", **{**kwargs, "seed": [2]}, **{role: (src_sr, source)})[0]
+            assert rel_err(torch.from_numpy(audio.T.copy()), alone) < 1e-3, name
+        files = tmp_path / "data" / "files"
+        assert not list(files.rglob("input_*")), "uploads are removed once their job is done"
+        assert not list((tmp_path / "data").rglob("evil*")) and not Path("/etc/evil.wav").exists()
+
+
+# -- cancel and timeout -----------------------------------------------------------------------------
+def test_cancel_queued_and_running_jobs(tmp_path: Path) -> None:
+    with server(tmp_path, run_workers=False) as client:
+        job = submit(client, prompt="x", duration=1.0)
+        r = client.delete(f"/v1/jobs/{job}")
+        assert r.status_code == 200 and r.json()["status"] == "cancelled"
+        assert error_of(client.get(f"/v1/jobs/{job}/audio")) == (409, None)
+    with server(tmp_path) as client:
+        long = submit(client, prompt="x", duration=4.0, steps=1000)
+        end = time.monotonic() + 20
+        while client.get(f"/v1/jobs/{long}").json()["step"] < 2 and time.monotonic() < end:
+            time.sleep(0.01)
+        r = client.delete(f"/v1/jobs/{long}")
+        assert r.status_code == 200 and r.json()["cancel_requested"] is True
+        info = wait(client, long)
+        assert info["status"] == "cancelled" and 2 <= info["step"] < 1000
+        assert client.get("/healthz").json()["status"] == "ok"
+        # shutting down stops a running job at its next step and puts it back in the queue
+        long = submit(client, prompt="x", duration=4.0, steps=1000)
+        wait(client, long, until=("running",))
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 5
+    with server(tmp_path, run_workers=False) as client:
+        info = client.get(f"/v1/jobs/{long}").json()
+        assert info["status"] == "queued" and info["attempts"] == 1 and info["worker"] is None
+
+
+def test_job_timeout_stops_a_running_job(tmp_path: Path) -> None:
+    with server(tmp_path, job_timeout_s=0.3) as client:
+        info = wait(client, submit(client, prompt="x", duration=4.0, steps=1000))
+        assert info["status"] == "failed" and "timed out" in info["error"] and info["step"] < 1000
+        assert wait(client, submit(client, prompt="x", duration=0.5))["status"] == "completed"
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+BAD_JSON = [
+    ({}, 422, "prompt"),
+    ({"prompt": 3}, 422, "prompt"),
+    ({"prompt": "x", "steps": 0}, 422, "steps"),
+    ({"prompt": "x", "steps": "many"}, 422, "steps"),
+    ({"prompt": "x", "steps": "8"}, 422, "steps"),
+    ({"prompt": "x", "steps": 8.5}, 422, "steps"),
+    ({"prompt": "x", "duration": True}, 422, "duration"),
+    ({"prompt": "x", "duration": 1e6}, 422, "duration"),
+    ({"prompt": "x", "duration": -1}, 422, "duration"),
+    ({"prompt": "x", "duration": 100, "batch_size": 2}, 422, "duration"),  # duration x items > 150 s
+    ({"prompt": "x", "bogus": 1}, 422, "bogus"),
+    ({"prompt": "x", "sampler_type": "magic"}, 422, "sampler_type"),
+    ({"prompt": "x", "model": "nope"}, 422, "model"),
+    ({"prompt": ["a", "b"], "batch_size": 3}, 422, "prompt"),
+    ({"prompt": "x", "batch_size": 99}, 422, "batch_size"),
+    ({"prompt": "x", "seed": [1, 2]}, 422, "seed"),
+    ({"prompt": "x", "seed": -5}, 422, "seed"),
+    ({"prompt": "x", "seed": 2**64}, 422, "seed"),
+    ({"prompt": "x", "cfg_interval": [0.9, 0.1]}, 422, "cfg_interval"),
+    ({"prompt": "x", "apg_scale": 2}, 422, "apg_scale"),
+    (
+        {"prompt": "x", "inpaint_mask_start_seconds": 0.5, "inpaint_mask_end_seconds": 1.0},
+        422,
+        "inpaint_mask_start_seconds",
+    ),
+    ({"prompt": "x", "continuation": True}, 422, "continuation"),
+    ({"prompt": "x", "prompt_extra": None}, 422, "prompt_extra"),
+    ([1, 2], 422, "body"),
+]
+
+
+def test_bad_requests_get_4xx_json_naming_the_field_and_the_server_lives_on(tmp_path: Path) -> None:
+    with server(tmp_path, max_total_seconds=150, max_upload_seconds=10) as client:
+        for body, status, field in BAD_JSON:
+            assert error_of(client.post("/v1/generate", json=body)) == (status, field), body
+        raw = [
+            (b"not json", "application/json", 400, "body"),
+            (b'{"prompt": "x", "cfg_scale": NaN}', "application/json", 400, "body"),
+            (b"prompt=x", "text/plain", 415, None),
+        ]
+        for content, ctype, status, field in raw:
+            r = client.post("/v1/generate", content=content, headers={"content-type": ctype})
+            assert error_of(r) == (status, field), content
+        ok = json.dumps({"prompt": "x", "duration": 1.0, "init_noise_level": 0.5})
+        multipart = [
+            ({"request": ok}, {"init_audio": ("a.wav", b"RIFF garbage", "audio/wav")}, 422, "init_audio"),
+            ({"request": ok}, {"init_audio": ("a.wav", b"", "audio/wav")}, 422, "init_audio"),
+            ({"request": ok}, {"script": ("a.sh", b"rm -rf /", "text/plain")}, 422, "script"),
+            ({}, {"init_audio": ("a.wav", wav_bytes(0.5), "audio/wav")}, 422, "request"),
+            ({"request": "{"}, {"init_audio": ("a.wav", wav_bytes(0.5), "audio/wav")}, 400, "request"),
+            ({"request": ok}, {"init_audio": ("a.wav", wav_bytes(30.0, sr=8000), "audio/wav")}, 422, "init_audio"),
+        ]
+        for data, files, status, field in multipart:
+            assert error_of(client.post("/v1/generate", data=data, files=files)) == (status, field), (data, files)
+        job = wait(client, submit(client, prompt="x", duration=0.5, batch_size=2))["id"]
+        assert error_of(client.get(f"/v1/jobs/{job}/audio", params={"index": 2})) == (422, "index")
+        assert error_of(client.get(f"/v1/jobs/{job}/audio", params={"format": "aiff"})) == (422, "format")
+        assert error_of(client.get(f"/v1/jobs/{job}/audio", params={"index": -1})) == (422, "index")
+        assert error_of(client.get("/v1/jobs/..%2F..%2Fetc%2Fpasswd"))[0] == 404
+        assert error_of(client.get("/v1/jobs/not-a-job-id/audio")) == (404, "job_id")
+        assert error_of(client.get("/v1/jobs/" + "0" * 32)) == (404, "job_id")
+        assert error_of(client.delete("/v1/jobs/" + "0" * 32)) == (404, "job_id")
+        assert client.get("/v1/nothing-here").status_code == 404
+        assert client.get("/healthz").json()["status"] == "ok"
+        assert wait(client, submit(client, prompt="still alive", duration=0.5))["status"] == "completed"
+
+
+def test_odd_values_in_every_field_never_give_a_5xx(tmp_path: Path) -> None:
+    """A small schema fuzz: each field of the OpenAPI request schema gets values of every JSON type."""
+    odd = [None, True, 0, -1, 2**70, 1e308, -1e-9, "", "x" * 5000, [], [None], [1, "a"], {}, {"a": 1}, [0.5, 0.2]]
+    with server(tmp_path, run_workers=False, max_queue=10_000) as client:
+        schema = client.get("/openapi.json").json()["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
+        fields = list(schema["application/json"]["schema"]["properties"])
+        assert len(fields) == 19
+        for field in fields:
+            for value in odd:
+                body = {"prompt": "x", "duration": 0.5, field: value}
+                r = client.post("/v1/generate", json=body)
+                assert r.status_code in (202, 400, 422), (body, r.status_code, r.text)
+                if r.status_code != 202:
+                    error = r.json()["error"]
+                    assert error["field"].split("[")[0] == field or field in error["message"], (body, error)
+        assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_full_queue_gets_429_with_retry_after(tmp_path: Path) -> None:
+    with server(tmp_path, run_workers=False, max_queue=2) as client:
+        submit(client, prompt="a", duration=0.5)
+        submit(client, prompt="b", duration=0.5)
+        r = client.post("/v1/generate", json={"prompt": "c", "duration": 0.5})
+        assert error_of(r) == (429, None) and r.json()["error"]["type"] == "queue_full"
+        assert int(r.headers["retry-after"]) >= 1
+        assert 'sa3_requests_refused_total{reason="429"} 1' in client.get("/metrics").text
+
+
+def test_upload_size_limit_gives_413(tmp_path: Path) -> None:
+    with server(tmp_path, max_upload_bytes=10_000) as client:
+        r = client.post(
+            "/v1/generate",
+            data={"request": json.dumps({"prompt": "x", "duration": 1.0})},
+            files={"init_audio": ("a.wav", wav_bytes(1.0), "audio/wav")},
+        )
+        assert error_of(r) == (413, "init_audio")
+
+
+def test_api_key_is_required_everywhere_but_healthz(tmp_path: Path) -> None:
+    with server(tmp_path, api_key="s3cret") as client:
+        for path in ("/v1/models", "/metrics", "/openapi.json", "/docs", "/v1/jobs/" + "0" * 32):
+            r = client.get(path)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
+        assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.post("/v1/generate", json={"prompt": "x"}).status_code == 401
+        assert client.get("/healthz").status_code == 200
+        good = {"Authorization": "Bearer s3cret"}
+        assert client.get("/v1/models", headers=good).status_code == 200
+        r = client.post("/v1/generate", json={"prompt": "x", "duration": 0.5}, headers=good)
+        assert r.status_code == 202
+
+
+def test_models_health_metrics_and_openapi(tmp_path: Path) -> None:
+    with server(tmp_path) as client:
+        (info,) = client.get("/v1/models").json()
+        assert info["name"] == "tiny" and info["sample_rate"] == SR and info["device"] == "cpu"
+        assert info["max_duration"] == pytest.approx(model().max_duration, abs=1e-3)
+        assert (info["default_steps"], info["default_cfg_scale"], info["is_base"]) == (8, 1.0, False)
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["workers"] == {"tiny": True}
+        wait(client, submit(client, prompt="x", duration=0.5, batch_size=2))
+        text = client.get("/metrics").text
+        assert 'sa3_jobs_submitted_total{model="tiny"} 1' in text
+        assert 'sa3_jobs{model="tiny",status="completed"} 1' in text
+        assert 'sa3_batch_items_total{model="tiny"} 2' in text
+        assert 'sa3_audio_seconds_total{model="tiny"} 1' in text
+        assert 'sa3_worker_up{model="tiny"} 1' in text
+        for line in text.splitlines():  # every sample line is "name{labels} number"
+            if not line.startswith("#"):
+                float(line.rsplit(" ", 1)[1])
+        spec = client.get("/openapi.json").json()
+        body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
+        assert set(body) == {"application/json", "multipart/form-data"}
+        assert "prompt" in body["application/json"]["schema"]["properties"]
+        assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/audio", "/v1/models", "/healthz", "/metrics"} <= set(
+            spec["paths"]
+        )
+
+
+def test_serve_command_line_defaults_to_localhost() -> None:
+    args = build_parser().parse_args(["--model", "tiny=/models/tiny", "--max-batch", "8", "--api-key", "k"])
+    assert args.host == "127.0.0.1"
+    config = config_from_args(args)
+    assert config.models == ["tiny=/models/tiny"] and config.max_batch == 8 and config.api_key == "k"
+    with pytest.raises(ValueError, match="max_queue=0 is invalid"):
+        ServerConfig(max_queue=0)
+    with pytest.raises(SystemExit, match="the name 'a' is given twice"):
+        main(["--model", "a=/x", "--model", "a=/y"])
+
+
+# -- a real server on a free localhost port, under load ---------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_load_on_a_real_server_every_request_completes_or_gets_429(tmp_path: Path) -> None:
+    """200 requests from 16 concurrent clients against uvicorn on 127.0.0.1: none lost or duplicated."""
+    import httpx
+    import uvicorn
+
+    port = free_port()
+    config = ServerConfig(data_dir=tmp_path / "data", poll_interval_s=0.05, max_queue=24, max_batch=4)
+    app = create_app(config, models={"tiny": model()})
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 20
+        while not srv.started and time.monotonic() < end:
+            time.sleep(0.02)
+        accepted, refused, lock = [], [], threading.Lock()
+        counter = iter(range(200))
+
+        def client_loop() -> None:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                for i in counter:
+                    r = http.post("/v1/generate", json={"prompt": f"p{i % 7}", "duration": 0.5, "steps": 2, "seed": i})
+                    with lock:
+                        (accepted if r.status_code == 202 else refused).append((i, r))
+
+        t0 = time.monotonic()
+        clients = [threading.Thread(target=client_loop) for _ in range(16)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(60)
+        submit_s = time.monotonic() - t0
+        assert len(accepted) + len(refused) == 200
+        assert all(r.status_code == 429 and int(r.headers["retry-after"]) >= 1 for _, r in refused)
+        ids = [r.json()["id"] for _, r in accepted]
+        assert len(set(ids)) == len(ids)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            deadline = time.monotonic() + 60
+            infos = {}
+            while len(infos) < len(ids) and time.monotonic() < deadline:
+                for job_id in ids:
+                    if job_id not in infos:
+                        info = http.get(f"/v1/jobs/{job_id}").json()
+                        if info["status"] in ("completed", "failed", "cancelled"):
+                            infos[job_id] = info
+                time.sleep(0.05)
+            total_s = time.monotonic() - t0
+            assert len(infos) == len(ids) and all(i["status"] == "completed" for i in infos.values())
+            seeds = sorted(i["seeds"][0] for i in infos.values())
+            assert seeds == sorted(i for i, _ in accepted)  # each accepted request ran exactly once
+            batched = sum(1 for i in infos.values() if i["batch"]["jobs"] > 1)
+            assert http.get("/healthz").json()["status"] == "ok"
+        print(
+            f"\nload: 200 requests / 16 clients: {len(accepted)} completed, {len(refused)} refused (429), "
+            f"{batched} ran in shared batches; submit {submit_s:.1f} s, all done {total_s:.1f} s"
+        )
+    finally:
+        srv.should_exit = True
+        thread.join(20)
+
+
+def start_server_process(data_dir: Path, port: int) -> subprocess.Popen:
+    cmd = [
+        sys.executable,
+        "-m",
+        "stable_audio_3.server",
+        "--model",
+        f"tiny={fixture_dir('tiny-small')}",
+        "--device",
+        "cpu",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--max-batch",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    log_path = data_dir / f"server-{port}-{time.monotonic_ns()}.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    import httpx
+
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("the server process did not come up in 60 s")
+
+
+def test_killed_server_process_resumes_its_jobs_after_a_restart(tmp_path: Path) -> None:
+    """`python -m stable_audio_3.server`, SIGKILLed with one job running and three queued."""
+    import httpx
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_server_process(tmp_path, port)
+    try:
+        long = httpx.post(f"{base}/v1/generate", json={"prompt": "x", "duration": 4.0, "steps": 1000}).json()["id"]
+        short = [
+            httpx.post(f"{base}/v1/generate", json={"prompt": f"p{i}", "duration": 0.5, "seed": i}).json()["id"]
+            for i in range(3)
+        ]
+        end = time.monotonic() + 30
+        while httpx.get(f"{base}/v1/jobs/{long}").json()["step"] < 2 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert httpx.get(f"{base}/v1/jobs/{short[0]}").json()["status"] == "queued"
+    finally:
+        proc.kill()
+        proc.wait(10)
+    proc = start_server_process(tmp_path, port)
+    try:
+        assert httpx.delete(f"{base}/v1/jobs/{long}").status_code == 200  # no need to wait for 1000 steps
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            infos = [httpx.get(f"{base}/v1/jobs/{i}").json() for i in [long, *short]]
+            if all(i["status"] in ("completed", "failed", "cancelled") for i in infos):
+                break
+            time.sleep(0.1)
+        assert [i["status"] for i in infos] == ["cancelled", "completed", "completed", "completed"], infos
+        assert infos[0]["attempts"] == 2  # it was running when the first process died
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+# -- Ray Serve ---------------------------------------------------------------------------------------
+def test_ray_deployment_builds_without_starting_ray(tmp_path: Path) -> None:
+    pytest.importorskip("ray.serve")
+    from stable_audio_3.server.ray import build_app, deployment_class
+
+    app = build_app(models=[str(fixture_dir("tiny-small"))], data_dir=tmp_path, num_replicas=2, num_gpus=0, max_batch=2)
+    assert type(app).__name__ == "Application"
+    autoscaled = build_app(models=["demo"], data_dir=tmp_path, min_replicas=1, max_replicas=3)
+    assert type(autoscaled).__name__ == "Application"
+    replica = SimpleNamespace(config=ServerConfig(models=["demo"], data_dir=tmp_path, device="cpu"))
+    assert type(deployment_class().__serve_build_asgi_app__(replica)).__name__ == "FastAPI"
+
+
+@pytest.mark.skipif(not os.environ.get("SA3_TEST_RAY"), reason="starts a Ray cluster (~20 s); set SA3_TEST_RAY=1")
+def test_ray_serve_two_cpu_replicas_serve_the_same_api(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    import httpx
+    from ray import serve
+
+    from stable_audio_3.server.ray import build_app
+
+    port = free_port()
+    ray.init(num_cpus=3, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(
+            build_app(
+                models=[f"tiny={fixture_dir('tiny-small')}"],
+                data_dir=tmp_path,
+                num_replicas=2,
+                num_gpus=0,
+                num_cpus=0.5,
+                poll_interval_s=0.05,
+            ),
+            name="sa3",
+            route_prefix="/",
+        )
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert [m["name"] for m in http.get("/v1/models").json()] == ["tiny"]
+            ids = []
+            for i in range(6):
+                r = http.post("/v1/generate", json={"prompt": f"p{i}", "duration": 0.5, "seed": i})
+                assert r.status_code == 202, r.text
+                ids.append(r.json()["id"])
+            assert http.post("/v1/generate", json={"prompt": "x", "steps": 0}).json()["error"]["field"] == "steps"
+            end = time.monotonic() + 60
+            infos = {}
+            while len(infos) < len(ids) and time.monotonic() < end:
+                for job_id in ids:
+                    info = http.get(f"/v1/jobs/{job_id}").json()
+                    if info["status"] == "completed":
+                        infos[job_id] = info
+                time.sleep(0.1)
+            assert len(infos) == len(ids)
+            audio, sr = sf.read(io.BytesIO(http.get(f"/v1/jobs/{ids[0]}/audio").content), always_2d=True)
+            assert audio.shape == (int(0.5 * SR), 2)
+            assert "sa3_worker_up" in http.get("/metrics").text
+            assert len({http.get("/healthz").json()["pid"] for _ in range(30)}) == 2  # both replicas answer
+            print("\njobs run by", sorted({i["worker"] for i in infos.values()}))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
