@@ -13,25 +13,28 @@ from .audio import as_channels_first, check_sample_rate, pad_or_crop, resample, 
 from .loading import (
     AE_PREFIX,
     AUTOENCODER_MODELS,
+    CONDITIONER_PREFIX,
+    DEMO_MODEL,
     DIFFUSION_MODELS,
+    DIT_PREFIX,
+    ModelFiles,
     ModelLoadError,
+    SafetensorsFile,
     autoencoder_section,
+    check_state,
+    load_part,
     load_strict,
-    read_safetensors,
+    module_shapes,
+    resolve_device,
+    resolve_dtype,
     resolve_model_files,
+    split_checkpoint_keys,
+    text_encoder_downloader,
 )
 from .models.attention import check_backend
 from .models.same import SAMEAutoencoder
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _check_chunking(chunk_size: int, overlap: int) -> None:
@@ -66,25 +69,38 @@ class AutoencoderModel:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, *,
-                        config: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
-                        attention_backend: str | None = None, revision: str | None = None,
+                        config: str | os.PathLike | None = None, dtype: torch.dtype | str | None = None,
+                        attention_padding: str = "exclude", attention_backend: str | None = None,
+                        text_encoder: str | os.PathLike | None = None, revision: str | None = None,
                         token: str | None = None) -> AutoencoderModel:
-        """Load `same-s` / `same-l` (Hub), a local folder (model_config.json + model.safetensors),
-        or a bare .safetensors file with `config=`. A full Stable Audio 3 model folder also works:
-        its autoencoder (`pretransform.model.*`) is taken."""
+        """Load a SAME autoencoder: `same-s` / `same-l` (Hugging Face Hub), a local folder
+        (model_config.json + model.safetensors), or a single .safetensors file with `config=` (a model
+        name or a config path). A full Stable Audio 3 model (name, folder or file) also works: its
+        autoencoder (`pretransform.model.*`) is read, nothing else. `same-s` / `same-l` reuse an
+        already-cached small-music / small-sfx / medium checkpoint instead of downloading.
+
+        `device`: None picks cuda, mps, cpu. `dtype`: float32 by default, as the reference (bfloat16 /
+        float16 on request; always float32 on MPS). `revision` / `token` go to the Hub (a saved login
+        or HF_TOKEN is used otherwise). `attention_padding` and `text_encoder` exist so both model
+        classes share one signature; an autoencoder has neither. Failures raise `ModelLoadError`.
+        """
+        _check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
-        device = torch.device(device) if device is not None else default_device()
-        files = resolve_model_files(name_or_path, AUTOENCODER_MODELS + DIFFUSION_MODELS, config=config,
-                                    revision=revision, token=token)
+        device = resolve_device(device)
+        ae_dtype = resolve_dtype(dtype, device, default=torch.float32)
+        if device.type == "mps" and ae_dtype != torch.float32:
+            log.warning("SAME runs in float32 on MPS; dtype=%s is ignored for the autoencoder", ae_dtype)
+            ae_dtype = torch.float32
+        files = resolve_model_files(name_or_path, AUTOENCODER_MODELS + DIFFUSION_MODELS + (DEMO_MODEL,),
+                                    config=config, revision=revision, token=token)
         source = str(files.checkpoint_path)
         _, prefix = autoencoder_section(files.config, str(files.config_path))
-        state = read_safetensors(files.checkpoint_path, prefix=prefix)
-        if prefix:
-            if not state:
-                raise ModelLoadError(f"{source} holds no '{prefix}*' tensors; it is not a full SA3 checkpoint")
-        ae = build_autoencoder(files.config, state, source, device)
-        if dtype is not None:
-            ae = ae.to(dtype)
+        ckpt = SafetensorsFile(files.checkpoint_path)
+        keys = {k[len(prefix):]: k for k in ckpt.keys() if k.startswith(prefix)}
+        if prefix and not keys:
+            raise ModelLoadError(f"{source} holds no '{prefix}*' tensors; it is not a full SA3 checkpoint")
+        ae = build_autoencoder(files.config, None, source)
+        load_part(ae, ckpt, keys, f"autoencoder checkpoint {source}", device, ae_dtype)
         ae.set_attention_backend(backend)
         return cls(ae, device)
 
@@ -162,13 +178,30 @@ class AutoencoderModel:
         return audio.float()
 
 
-def _split(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+CHECKPOINT_PARTS = {"dit": DIT_PREFIX, "autoencoder": AE_PREFIX, "conditioner": CONDITIONER_PREFIX}
 
 
-def _half_default(device: torch.device) -> torch.dtype:
-    # The reference runs the DiT, SAME and conditioners in fp16 on CUDA; fp32 elsewhere.
-    return torch.float16 if device.type == "cuda" else torch.float32
+def _attach_text_encoder(conditioner, files: ModelFiles, text_encoder, device: torch.device,
+                         token: str | None, offload: bool) -> None:
+    """Load the T5Gemma: `text_encoder=`, else the one fetched with a Hub model, else the model folder's
+    subfolder, else the Hub repo its config names. Any failure becomes one ModelLoadError."""
+    folder = text_encoder if text_encoder is not None else files.text_encoder_dir
+    try:
+        # The checkpoint's folder anchors the search (a Hub snapshot, a model folder, a file's folder).
+        conditioner.load_text_encoder(files.checkpoint_path, folder, device,
+                                      download=text_encoder_downloader(None, token), offload=offload)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise ModelLoadError(
+            f"text encoder (T5Gemma) could not be loaded: {e}\n"
+            "Pass text_encoder=<folder with config.json, model.safetensors, tokenizer.json, tokenizer_config.json> "
+            "(the t5gemma-b-b-ul2/ folder of any Stable Audio 3 repo), or put that folder next to the checkpoint."
+        ) from e
+
+
+def _check_attention_padding(attention_padding: str) -> None:
+    if attention_padding not in ATTENTION_PADDING:
+        raise ValueError(f"attention_padding={attention_padding!r} is invalid; allowed: "
+                         f"{', '.join(map(repr, ATTENTION_PADDING))}")
 
 
 ATTENTION_PADDING = ("exclude", "zero-values")
@@ -202,52 +235,65 @@ class StableAudioModel:
         return self.components.sample_rate
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None, *,
-                        config: str | os.PathLike | None = None, dtype: torch.dtype | None = None,
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | torch.device | None = None,
+                        *, config: str | os.PathLike | None = None, dtype: torch.dtype | str | None = None,
                         attention_padding: str = "exclude", attention_backend: str | None = None,
                         text_encoder: str | os.PathLike | None = None, revision: str | None = None,
-                        token: str | None = None) -> StableAudioModel:
-        """Load one of the six models by name (Hub), a local model folder, or a bare .safetensors with
-        `config=`. `attention_padding="exclude"` is the training semantics (the reference with
-        flash-attn); `"zero-values"` reproduces the reference without flash-attn (CPU/MPS)."""
+                        token: str | None = None, offload_text_encoder: bool = False) -> StableAudioModel:
+        """Load a Stable Audio 3 model.
+
+        `name_or_path`: an existing path wins: a folder laid out like the Hub repo (model_config.json,
+        model.safetensors, t5gemma-b-b-ul2/), or a single .safetensors file (official key layout, as
+        ComfyUI repackages it) with `config=` naming the model ("small-music-base", ...) or a config
+        file, and `text_encoder=` a T5Gemma folder. Otherwise a name: one of the six models (fetched
+        from the Hugging Face Hub: only the files needed, the text encoder from the model's own repo;
+        `revision` / `token`, else HF_TOKEN or a saved `hf auth login`), or "demo" (the small built-in
+        model; the default when nothing is named).
+
+        `device`: None picks cuda, mps, cpu. `dtype`: None is the reference's float16 on CUDA and
+        float32 elsewhere; float32, bfloat16 or float16 override it for the DiT and conditioners (the
+        autoencoder stays float32 on MPS; the text encoder keeps its file's dtype).
+        `attention_padding="exclude"` is the training semantics (the reference with flash-attn);
+        `"zero-values"` reproduces the reference without flash-attn (CPU/MPS). `attention_backend`:
+        None (auto, or $SA3_ATTENTION_BACKEND), "sdpa", "flash", "math". `offload_text_encoder=True`
+        keeps the T5Gemma encoder in CPU memory; it visits the GPU only to encode (for small GPUs).
+        Any loading problem raises `ModelLoadError` with what to do about it.
+        """
         from .models.conditioning import Conditioner
         from .models.dit import DiffusionTransformer
         from .models.lora import LoraSet
         from .pipeline import Components
 
-        if attention_padding not in ATTENTION_PADDING:
-            raise ValueError(f"attention_padding={attention_padding!r} is invalid; allowed: "
-                             f"{', '.join(map(repr, ATTENTION_PADDING))}")
+        _check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
-        device = torch.device(device) if device is not None else default_device()
-        files = resolve_model_files(name_or_path, DIFFUSION_MODELS, config=config, revision=revision, token=token)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        files = resolve_model_files(DEMO_MODEL if name_or_path is None else name_or_path,
+                                    DIFFUSION_MODELS + (DEMO_MODEL,), config=config, revision=revision,
+                                    token=token, with_text_encoder=text_encoder is None)
         cfg = files.config
         if cfg.get("model_type") != "diffusion_cond_inpaint":
             raise ModelLoadError(f"{files.config_path}: model_type {cfg.get('model_type')!r} is not a Stable Audio 3 "
                                  "generation model; allowed: 'diffusion_cond_inpaint'")
         source = str(files.checkpoint_path)
-        state = read_safetensors(files.checkpoint_path)
-        prefixes = ("model.model.", AE_PREFIX, "conditioner.")
-        stray = sorted(k for k in state if not k.startswith(prefixes))
-        if stray:
-            raise ModelLoadError(f"{source}: unexpected tensors outside the DiT, autoencoder and conditioner: "
-                                 + ", ".join(stray[:10]))
-
+        ckpt = SafetensorsFile(files.checkpoint_path)
+        keys = split_checkpoint_keys(ckpt.keys(), CHECKPOINT_PARTS, source)
         with torch.device("meta"):
             dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
             conditioner = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
-        load_strict(dit, _split(state, "model.model."), f"DiT of {source}")
-        load_strict(conditioner, _split(state, "conditioner."), f"conditioner of {source}")
-        ae = build_autoencoder(cfg, _split(state, AE_PREFIX), source, device)
-        del state
-        dtype = dtype or _half_default(device)
-        dit = dit.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        conditioner = conditioner.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        ae = ae.to(dtype=dtype if device.type != "mps" else torch.float32)
+        ae = build_autoencoder(cfg, None, source)
+        parts = {  # part: (module, dtype, name in messages)
+            "dit": (dit, dtype, "DiT"),
+            "conditioner": (conditioner, dtype, "conditioner"),
+            "autoencoder": (ae, torch.float32 if device.type == "mps" else dtype, "autoencoder"),
+        }
+        for part, (module, _, label) in parts.items():  # every key and shape, before reading any weight
+            check_state(module_shapes(module), ckpt.shapes(keys[part]), f"{label} of {source}")
+        for part, (module, part_dtype, label) in parts.items():
+            load_part(module, ckpt, keys[part], f"{label} of {source}", device, part_dtype)
         ae.set_attention_backend(backend)
-        if hasattr(dit, "set_attention_backend"):
-            dit.set_attention_backend(backend)
-        conditioner.load_text_encoder(files.config_path, text_encoder, device)
+        dit.set_attention_backend(backend)
+        _attach_text_encoder(conditioner, files, text_encoder, device, token, bool(offload_text_encoder))
         components = Components(conditioner, dit, ae, cfg, device, attention_padding)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
         return cls(components, files, loras)

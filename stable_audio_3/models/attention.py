@@ -8,6 +8,7 @@ The reference once silently dropped the SAME-L window and produced garbage; we n
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 
 import torch
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "sdpa", "flash", "math")
+# Forces a backend wherever none is passed explicitly (e.g. to rule out flash-attn without code changes).
+BACKEND_ENV_VAR = "SA3_ATTENTION_BACKEND"
 
 try:  # optional, CUDA only
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -32,9 +35,22 @@ def _log_once(message: str) -> None:
 
 
 def check_backend(backend: str | None) -> str:
-    backend = "auto" if backend is None else backend
+    """The backend to use: `backend` when given, else $SA3_ATTENTION_BACKEND, else "auto" (logged once)."""
+    if backend is None:
+        forced = os.environ.get(BACKEND_ENV_VAR, "").strip().lower()
+        if forced:
+            if forced not in BACKENDS:
+                raise ValueError(f"{BACKEND_ENV_VAR}={forced!r} is not supported; allowed: {', '.join(BACKENDS)}")
+            _log_once(f"attention backend {forced!r} (from {BACKEND_ENV_VAR})")
+            return forced
+        backend = "auto"
     if backend not in BACKENDS:
         raise ValueError(f"attention_backend={backend!r} is not supported; allowed: None, {', '.join(BACKENDS)}")
+    if backend == "auto":
+        flash = "flash-attn where it can run the call" if _flash_attn_func is not None else "flash-attn not installed"
+        _log_once(f"attention backend 'auto' ({flash}; PyTorch SDPA otherwise)")
+    else:
+        _log_once(f"attention backend {backend!r}")
     return backend
 
 

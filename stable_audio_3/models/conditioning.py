@@ -15,6 +15,7 @@ checkpoint, is not cast by `.half()` and runs in the dtype of its weight file (b
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,8 @@ def resolve_text_encoder_dir(
         if not _is_text_encoder_dir(path):
             raise FileNotFoundError(f"text encoder folder {path} lacks config.json / model.safetensors")
         return path
-    base = Path(config_path).resolve().parent
+    # abspath, not resolve(): in a Hub cache snapshot the config is a symlink into blobs/.
+    base = Path(os.path.abspath(config_path)).parent
     subfolder = cond_cfg.get("subfolder")
     tried = []
     if cond_cfg.get("model_path"):
@@ -326,11 +328,21 @@ class Conditioner(nn.Module):
         text_encoder: str | Path | None = None,
         device: str | torch.device = "cpu",
         download: Callable[[str, str | None], Path] | None = None,
+        offload: bool = False,
     ) -> None:
-        """Find (see `resolve_text_encoder_dir`), load and attach the T5Gemma of every prompt conditioner."""
+        """Find (see `resolve_text_encoder_dir`), load and attach the T5Gemma of every prompt conditioner.
+
+        The weights go straight from the file onto `device` in the file's dtype. `offload=True`
+        keeps them in CPU memory instead; they visit the compute device only while encoding.
+        """
+        from ..loading import OffloadedTextEncoder, load_t5gemma_encoder
+
         for cond in self.prompt_conditioners().values():
             folder = resolve_text_encoder_dir(config_path, cond.source, text_encoder, download)
-            cond.attach(TextEncoder.from_dir(folder, cond.max_length, device))
+            tokenizer = PromptTokenizer.from_dir(folder, cond.max_length)
+            encoder = TextEncoder(tokenizer, load_t5gemma_encoder(folder, "cpu" if offload else device))
+            cond.attach(OffloadedTextEncoder(encoder) if offload else encoder)
+        self.offload_text_encoder = offload
 
     def _inputs(self, batch: Sequence[dict], key: str) -> list:
         values = []

@@ -72,7 +72,8 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
-        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)))
+        # Built on the CPU even inside a meta-device context: meta arithmetic costs seconds of imports.
+        self.register_buffer("inv_freq", 1.0 / (base ** (torch.arange(0, dim, 2, device="cpu").float() / dim)))
 
     def angles(self, length: int) -> torch.Tensor:
         return rope_angles(self.inv_freq, length)

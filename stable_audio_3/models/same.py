@@ -115,7 +115,8 @@ class SAMEBlock(nn.Module):
         self.ff_norm = DyT(dim)
         self.ff = FeedForward(dim, ff_mult, sinusoidal)
         rope_dim = dim_heads // 2
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, rope_dim, 2).float() / rope_dim))
+        # On the CPU even inside a meta-device context (meta arithmetic costs seconds of imports).
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, rope_dim, 2, device="cpu").float() / rope_dim))
         self.rope = nn.Module()
         self.rope.register_buffer("inv_freq", inv_freq)
 
