@@ -228,42 +228,9 @@ class T5GemmaEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> T5GemmaEncoder:
-        """Build from `<folder>/config.json` and load `model.encoder.*` of `<folder>/model.safetensors`.
-
-        The module takes the dtype of the stored weights (the real file is bf16, so it computes in bf16).
+        """Build from `<folder>/config.json` and load `model.encoder.*` of `<folder>/model.safetensors`
+        (decoder tensors skipped by name), in the stored dtype: the real file is bf16, so it computes in bf16.
         """
-        folder = Path(folder)
-        cfg = T5GemmaEncoderConfig.from_file(folder / "config.json")
-        state = read_encoder_state(folder / "model.safetensors")
-        with torch.device("meta"):
-            model = cls(cfg)
-        load_encoder_state(model, state, what=str(folder / "model.safetensors"))
-        return model.to(device).eval().requires_grad_(False)
+        from ..loading import load_t5gemma_encoder
 
-
-def read_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """Encoder tensors of an HF T5Gemma file, keyed without `model.encoder.`.
-
-    Known-unused tensors (decoder, LM head) are skipped by name without being read; any other
-    foreign tensor is kept under its full name so that loading reports it as unexpected.
-    """
-    from safetensors import safe_open
-
-    state = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():
-            if key.startswith(UNUSED_PREFIXES):
-                continue
-            name = key[len(ENCODER_PREFIX) :] if key.startswith(ENCODER_PREFIX) else key
-            state[name] = f.get_tensor(key)
-    return state
-
-
-def load_encoder_state(model: T5GemmaEncoder, state: dict[str, torch.Tensor], what: str) -> None:
-    """Strict load (missing / unexpected / mis-shaped keys are an error naming them), in the file's dtype."""
-    from ..loading import load_strict
-
-    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
-    if len(dtypes) > 1:
-        raise ValueError(f"{what}: T5Gemma encoder tensors have mixed dtypes {sorted(map(str, dtypes))}")
-    load_strict(model, state, what=f"T5Gemma encoder checkpoint {what}")
+        return load_t5gemma_encoder(folder, device).eval().requires_grad_(False)
