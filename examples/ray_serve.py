@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -74,6 +75,8 @@ def main() -> None:
     print(f"job {info['id']}: {info['status']}, seeds {info['seeds']}, audio at {base}{info['audio_urls'][0]}")
     serve.shutdown()
     ray.shutdown()
+    if not args.data_dir:
+        shutil.rmtree(data_dir, ignore_errors=True)  # the temporary job folder of this smoke run
 
 
 if __name__ == "__main__":
