@@ -143,8 +143,13 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
 
 
 def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE,
-                subtype: str | None = None, metadata: dict[str, str] | None = None) -> Path:
-    """Write (C, T) audio atomically: a temp file in the same folder, then a rename."""
+                subtype: str | None = None, metadata: dict[str, str] | None = None,
+                compression_level: float | None = None, bitrate_mode: str | None = None) -> Path:
+    """Write (C, T) audio atomically: a temp file in the same folder, then a rename.
+
+    `compression_level` (0..1) and `bitrate_mode` ('CONSTANT', 'VARIABLE', 'AVERAGE') reach libsndfile
+    for compressed formats (MP3: level 0 -> 320 kbps ... 1 -> 32 kbps).
+    """
     import soundfile as sf
 
     path = Path(path)
@@ -156,8 +161,13 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
+        extra = {}
+        if compression_level is not None:
+            extra["compression_level"] = compression_level
+        if bitrate_mode is not None:
+            extra["bitrate_mode"] = bitrate_mode
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=data.shape[1], format=fmt,
-                          subtype=subtype) as f:
+                          subtype=subtype, **extra) as f:
             for key, value in (metadata or {}).items():
                 try:
                     setattr(f, key, str(value))
