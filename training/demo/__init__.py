@@ -1,0 +1,1 @@
+"""Recipe for the built-in `demo` model: see training/demo/README.md."""

@@ -1,0 +1,180 @@
+"""The demo model's acceptance measurements (used by tests/test_demo_model.py and for the model card).
+
+python -m training.demo.evaluate [--model stable_audio_3/assets/demo]   # prints the scores as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from .data import SAMPLE_RATE, midi_to_hz, name_to_midi, tone
+
+# 24 prompts naming a pitch: note names across C2..C6 in all four timbres, and a few frequencies in Hz.
+PITCH_PROMPTS = [
+    ("sine c2", midi_to_hz(name_to_midi("c2"))),
+    ("saw e2", midi_to_hz(name_to_midi("e2"))),
+    ("square g2", midi_to_hz(name_to_midi("g2"))),
+    ("triangle a2", midi_to_hz(name_to_midi("a2"))),
+    ("sine c3", midi_to_hz(name_to_midi("c3"))),
+    ("sawtooth d3", midi_to_hz(name_to_midi("d3"))),
+    ("square wave f#3", midi_to_hz(name_to_midi("f#3"))),
+    ("triangle wave a3", midi_to_hz(name_to_midi("a3"))),
+    ("sine wave bb3", midi_to_hz(name_to_midi("bb3"))),
+    ("saw synth c4", midi_to_hz(name_to_midi("c4"))),
+    ("square e4", midi_to_hz(name_to_midi("e4"))),
+    ("triangle g4", midi_to_hz(name_to_midi("g4"))),
+    ("sine a4", midi_to_hz(name_to_midi("a4"))),
+    ("saw b4", midi_to_hz(name_to_midi("b4"))),
+    ("square synth d5", midi_to_hz(name_to_midi("d5"))),
+    ("soft triangle f5", midi_to_hz(name_to_midi("f5"))),
+    ("pure tone g#5", midi_to_hz(name_to_midi("g#5"))),
+    ("sine c6", midi_to_hz(name_to_midi("c6"))),
+    ("saw at c#3", midi_to_hz(name_to_midi("c#3"))),
+    ("a4 sine wave", midi_to_hz(name_to_midi("a4"))),
+    ("sine at 440 hz", 440.0),
+    ("sine tone at 220 hz", 220.0),
+    ("square at 330 hz", 330.0),
+    ("triangle at 150 hz", 150.0),
+]
+PITCH_SECONDS = 2.0
+PITCH_TOLERANCE = 0.03
+
+
+def peak_hz(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, low: float = 30.0) -> float:
+    """Frequency of the strongest spectral peak (above `low` Hz) of the channel mean, Hann window, 8x zero-padding."""
+    x = audio.float().mean(0).numpy()
+    n = len(x)
+    spec = np.abs(np.fft.rfft(x * np.hanning(n), 8 * n))
+    freqs = np.fft.rfftfreq(8 * n, 1 / sample_rate)
+    spec[freqs < low] = 0
+    return float(freqs[int(np.argmax(spec))])
+
+
+def rms_db(audio: torch.Tensor) -> float:
+    return float(20 * torch.log10(audio.float().pow(2).mean().sqrt() + 1e-12))
+
+
+def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
+    ref, est = reference.float(), estimate.float()
+    return float(10 * torch.log10(ref.pow(2).sum() / ((ref - est).pow(2).sum() + 1e-20)))
+
+
+def tonal_input(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Stereo test material: a triangle-wave A3 plus a quieter sine E4, (2, N) float32."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * SAMPLE_RATE)
+    mono = 0.6 * tone([220.0], "triangle", n, rng) + 0.25 * tone([329.63], "sine", n, rng)
+    return torch.from_numpy(np.stack([mono, mono]).astype(np.float32) * 0.8)
+
+
+def kept_snr(
+    original: torch.Tensor, output: torch.Tensor, regions: list[tuple[float, float]], margin: float = 0.05
+) -> float:
+    """SNR over the kept audio only: outside every regenerated region widened by `margin` seconds."""
+    n = min(original.shape[-1], output.shape[-1])
+    keep = torch.ones(n, dtype=torch.bool)
+    for s, e in regions:
+        keep[max(0, int((s - margin) * SAMPLE_RATE)) : int((e + margin) * SAMPLE_RATE)] = False
+    return snr_db(original[..., :n][..., keep], output[..., :n][..., keep])
+
+
+def pitch_scores(model, seed: int = 7) -> dict:
+    prompts = [p for p, _ in PITCH_PROMPTS]
+    audio = model.generate(prompts, duration=PITCH_SECONDS, batch_size=len(prompts), seed=seed)
+    rows = []
+    for (prompt, target), clip in zip(PITCH_PROMPTS, audio, strict=True):
+        got = peak_hz(clip)
+        rows.append(
+            {
+                "prompt": prompt,
+                "target_hz": round(target, 2),
+                "peak_hz": round(got, 2),
+                "ok": abs(got - target) / target <= PITCH_TOLERANCE,
+            }
+        )
+    return {"hit_rate": sum(r["ok"] for r in rows) / len(rows), "rows": rows}
+
+
+def level_scores(model, seed: int = 11) -> dict:
+    audio = model.generate(["silence", "white noise"], duration=3.0, batch_size=2, seed=seed)
+    silence, noise = rms_db(audio[0]), rms_db(audio[1])
+    return {"silence_dbfs": silence, "noise_dbfs": noise, "difference_db": noise - silence}
+
+
+def inpaint_scores(model, seed: int = 3) -> dict:
+    original = tonal_input(4.0)
+    out = {}
+    one = [(1.5, 2.5)]
+    audio = model.generate(
+        "triangle a3",
+        duration=4.0,
+        seed=seed,
+        inpaint_audio=(SAMPLE_RATE, original),
+        inpaint_mask_start_seconds=1.5,
+        inpaint_mask_end_seconds=2.5,
+    )[0]
+    out["inpaint_one_region_snr_db"] = kept_snr(original, audio, one)
+    two = [(0.8, 1.4), (2.6, 3.2)]
+    audio = model.generate(
+        "triangle a3",
+        duration=4.0,
+        seed=seed,
+        inpaint_audio=(SAMPLE_RATE, original),
+        inpaint_mask_start_seconds=[s for s, _ in two],
+        inpaint_mask_end_seconds=[e for _, e in two],
+    )[0]
+    out["inpaint_two_regions_snr_db"] = kept_snr(original, audio, two)
+    prefix = original[:, : 2 * SAMPLE_RATE]
+    audio = model.generate(
+        "triangle a3", duration=4.0, seed=seed, inpaint_audio=(SAMPLE_RATE, prefix), continuation=True
+    )[0]
+    out["continuation_prefix_snr_db"] = kept_snr(prefix, audio[:, : prefix.shape[-1]], [(2.0, 2.0)])
+    return out
+
+
+def a2a_scores(model, seed: int = 5) -> dict:
+    original = tonal_input(3.0, seed=1)
+    low = model.generate(
+        "triangle a3", duration=3.0, seed=seed, init_audio=(SAMPLE_RATE, original), init_noise_level=0.1
+    )[0]
+    full = model.generate(
+        "triangle a3", duration=3.0, seed=seed, init_audio=(SAMPLE_RATE, original), init_noise_level=1.0
+    )
+    plain = model.generate("triangle a3", duration=3.0, seed=seed)
+    return {
+        "a2a_0.1_snr_db": snr_db(original, low),
+        "a2a_1.0_equals_t2a": bool(torch.equal(full, plain)),
+        "a2a_1.0_max_abs_diff": float((full - plain).abs().max()),
+    }
+
+
+def evaluate(model) -> dict:
+    start = time.time()
+    scores = {
+        "pitch": pitch_scores(model),
+        "levels": level_scores(model),
+        "inpaint": inpaint_scores(model),
+        "a2a": a2a_scores(model),
+    }
+    scores["seconds"] = round(time.time() - start, 1)
+    return scores
+
+
+def main() -> None:
+    from stable_audio_3 import StableAudioModel
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="stable_audio_3/assets/demo")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    model = StableAudioModel.from_pretrained(args.model, device="cpu")
+    print(json.dumps(evaluate(model), indent=2))
+
+
+if __name__ == "__main__":
+    main()
