@@ -32,6 +32,7 @@ from .loading import (
     text_encoder_downloader,
 )
 from .models.attention import check_backend
+from .models.dit import check_attention_padding
 from .models.same import SAMEAutoencoder
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class AutoencoderModel:
         or HF_TOKEN is used otherwise). `attention_padding` and `text_encoder` exist so both model
         classes share one signature; an autoencoder has neither. Failures raise `ModelLoadError`.
         """
-        _check_attention_padding(attention_padding)
+        check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
         device = resolve_device(device)
         ae_dtype = resolve_dtype(dtype, device, default=torch.float32)
@@ -198,15 +199,6 @@ def _attach_text_encoder(conditioner, files: ModelFiles, text_encoder, device: t
         ) from e
 
 
-def _check_attention_padding(attention_padding: str) -> None:
-    if attention_padding not in ATTENTION_PADDING:
-        raise ValueError(f"attention_padding={attention_padding!r} is invalid; allowed: "
-                         f"{', '.join(map(repr, ATTENTION_PADDING))}")
-
-
-ATTENTION_PADDING = ("exclude", "zero-values")
-
-
 class StableAudioModel:
     """A Stable Audio 3 model: text (+ audio) in, 44.1 kHz stereo out."""
 
@@ -264,7 +256,7 @@ class StableAudioModel:
         from .models.lora import LoraSet
         from .pipeline import Components
 
-        _check_attention_padding(attention_padding)
+        check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)

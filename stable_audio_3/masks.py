@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +27,9 @@ DEFAULT_DURATION_PADDING_SEC = 6.0
 Seconds = float | Sequence[float]
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_number(value) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def check_durations(duration: Seconds, batch_size: int = 1) -> list[float]:
@@ -43,13 +45,13 @@ def check_durations(duration: Seconds, batch_size: int = 1) -> list[float]:
     else:
         values = [duration] * batch_size
     for d in values:
-        if not _is_number(d) or not math.isfinite(d) or d <= 0:
+        if not is_number(d) or not math.isfinite(d) or d <= 0:
             raise ValueError(f"duration={d!r} is invalid; a positive finite number of seconds is required")
     return [float(d) for d in values]
 
 
 def _check_padding(padding_seconds: float) -> None:
-    if not _is_number(padding_seconds) or not math.isfinite(padding_seconds) or padding_seconds < 0:
+    if not is_number(padding_seconds) or not math.isfinite(padding_seconds) or padding_seconds < 0:
         raise ValueError(f"duration_padding_sec={padding_seconds!r} is invalid; a number of seconds >= 0 is required")
 
 
@@ -150,7 +152,7 @@ def inpaint_regions(start_seconds: Seconds | None, end_seconds: Seconds | None) 
         raise ValueError("inpaint_mask_start_seconds is an empty list; give at least one region")
     for s, e in zip(starts, ends, strict=True):
         for name, v in (("inpaint_mask_start_seconds", s), ("inpaint_mask_end_seconds", e)):
-            if not _is_number(v) or not math.isfinite(v) or v < 0:
+            if not is_number(v) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}={v!r} is invalid; a finite number of seconds >= 0 is required")
         if e <= s:
             raise ValueError(

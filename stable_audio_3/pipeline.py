@@ -96,17 +96,12 @@ def _check_prompts(values: list, name: str) -> list[str]:
 
 def _check_number(value, name: str, low: float | None = None, high: float | None = None,
                   integer: bool = False) -> None:
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (not integer or int(value) == value)
+    ok = masks.is_number(value) and math.isfinite(value) and (not integer or int(value) == value)
     ok = ok and (low is None or value >= low) and (high is None or value <= high)
     if not ok:
         kind = "an integer" if integer else "a number"
         bounds = "" if low is None else f" >= {low}" if high is None else f" in [{low}, {high}]"
         raise ValueError(f"{name}={value!r} is invalid; {kind}{bounds} is required")
-
-
-def _is_rate(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def load_audio_input(value: AudioInput, name: str) -> tuple[torch.Tensor, int]:
@@ -118,9 +113,9 @@ def load_audio_input(value: AudioInput, name: str) -> tuple[torch.Tensor, int]:
         raise ValueError(f"{name}: a bare array has no sample rate; pass (sample_rate, audio) or a file path")
     if isinstance(value, (tuple, list)) and len(value) == 2:
         first, second = value
-        if _is_rate(first) and isinstance(second, (torch.Tensor, np.ndarray)):
+        if masks.is_number(first) and isinstance(second, (torch.Tensor, np.ndarray)):
             sr, audio = first, second
-        elif _is_rate(second) and isinstance(first, (torch.Tensor, np.ndarray)):
+        elif masks.is_number(second) and isinstance(first, (torch.Tensor, np.ndarray)):
             audio, sr = first, second
         else:
             raise ValueError(f"{name}: expected (sample_rate, audio) or (audio, sample_rate) with a tensor or "
@@ -210,7 +205,7 @@ def generate(
     _check_number(scale_phi, "scale_phi", 0, 1)
     _check_number(cfg_norm_threshold, "cfg_norm_threshold", 0)
     if not (isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2
-            and all(_is_rate(v) and 0 <= v <= 1 for v in cfg_interval) and cfg_interval[0] <= cfg_interval[1]):
+            and all(masks.is_number(v) and 0 <= v <= 1 for v in cfg_interval) and cfg_interval[0] <= cfg_interval[1]):
         raise ValueError(f"cfg_interval={cfg_interval!r} is invalid; (low, high) with 0 <= low <= high <= 1 required")
     if sampler_type is None:
         sampler_type = default_sampler(c.diffusion_objective)

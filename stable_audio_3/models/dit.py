@@ -18,15 +18,13 @@ Module names equal the official checkpoint's keys after the `model.model.` prefi
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..guidance import cfg_applies, guided_velocity, unconditional_cross_cond
 from .attention import apply_rope, attention, check_backend, dense_attention_math, rope_angles
-from .fourier import expo_frequencies
+from .fourier import expo_fourier_features
 from .same import FeedForward
 
 ATTENTION_PADDING = ("exclude", "zero-values")
@@ -36,15 +34,6 @@ def check_attention_padding(value: str) -> str:
     if value not in ATTENTION_PADDING:
         raise ValueError(f"attention_padding={value!r} is invalid; allowed: {', '.join(map(repr, ATTENTION_PADDING))}")
     return value
-
-
-def expo_fourier_features(
-    t: torch.Tensor, dim: int = 256, min_freq: float = 0.5, max_freq: float = 10000.0
-) -> torch.Tensor:
-    """(B,) -> (B, dim): [cos(2 pi f t), sin(2 pi f t)] with dim/2 log-spaced f; fp32 inside, t's dtype out."""
-    freqs = expo_frequencies(dim // 2, min_freq, max_freq).to(t.device)
-    angles = t.float()[:, None] * freqs * 2 * math.pi
-    return torch.cat([angles.cos(), angles.sin()], dim=-1).to(t.dtype)
 
 
 def mlp(dim_in: int, dim: int, dim_out: int | None = None, bias: bool = True) -> nn.Sequential:

@@ -87,10 +87,17 @@ class ExpoFourierFeatures(nn.Module):
         self.dim, self.min_freq, self.max_freq = dim, min_freq, max_freq
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        in_dtype = t.dtype
-        t = t.float()
-        if t.dim() == 1:
-            t = t[:, None]
-        freqs = expo_frequencies(self.dim // 2, self.min_freq, self.max_freq).to(t.device)
-        angles = t * freqs * 2 * math.pi
-        return torch.cat([angles.cos(), angles.sin()], dim=-1).to(in_dtype)
+        return expo_fourier_features(t, self.dim, self.min_freq, self.max_freq)
+
+
+@functools.lru_cache(maxsize=16)
+def _frequencies_on(half_dim: int, min_freq: float, max_freq: float, device: torch.device) -> torch.Tensor:
+    # One copy per device: the DiT calls this every sampling step.
+    return expo_frequencies(half_dim, min_freq, max_freq).to(device)
+
+
+def expo_fourier_features(t: torch.Tensor, dim: int = 256, min_freq: float = 0.5,
+                          max_freq: float = 10000.0) -> torch.Tensor:
+    """(B,) or (B, 1) -> (B, dim): [cos(2 pi f t), sin(2 pi f t)]; float32 inside, t's dtype out."""
+    angles = t.float().reshape(-1, 1) * _frequencies_on(dim // 2, min_freq, max_freq, t.device) * 2 * math.pi
+    return torch.cat([angles.cos(), angles.sin()], dim=-1).to(t.dtype)
