@@ -1,13 +1,17 @@
 """End-to-end generation benchmark on full-size architectures with random weights (no download).
 
-    python benchmarks/bench_generate.py                       # small, 10 s, fp32 vs bf16, on the best device
-    python benchmarks/bench_generate.py --model medium --seconds 5 30 120 --dtypes float16 --repeats 5
+    python benchmarks/bench_generate.py                  # small-music, 10 and 30 s, every fast path of the device
+    python benchmarks/bench_generate.py --model medium --seconds 5 30 120 --settings fp16 --repeats 5
+
+Settings: fp32 (the baseline: the project's default eager float32 path, always measured first),
+bf16, fp16 (CUDA), int8 (CPU: `quantize="int8"`). Default: fp32 + int8 on the CPU (+ bf16 where the
+CPU has bf16 units: AMX or AVX512-BF16), fp32 + fp16 + bf16 on CUDA.
 
 Builds the model from the packaged config (the shapes of the real checkpoint), the T5Gemma encoder at
 its real size, random weights scaled like a trained network's, then times text encoding + sampling +
-decode. Prints one table row per setting: device, model, seconds, batch, dtype, median time over the
-repeats after one warm-up, peak memory, realtime factor, the speed-up against fp32 eager in the same
-run, and the latent SNR of the setting against fp32 for the same seed.
+decode. Prints one table row per setting: device, model, seconds, batch, setting, median time over
+the repeats after one warm-up, peak memory, realtime factor, the speed-up against fp32 eager in the
+same run, and the SNR of the setting's latents and audio against fp32 for the same seed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from stable_audio_3.api import build_autoencoder
 from stable_audio_3.loading import packaged_config
 from stable_audio_3.models.conditioning import Conditioner, PromptTokenizer, TextEncoder
 from stable_audio_3.models.dit import DiffusionTransformer
+from stable_audio_3.models.quant import quantize_model
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 from stable_audio_3.pipeline import Components, generate
 
@@ -58,7 +63,25 @@ def randomise(module: torch.nn.Module, device: torch.device, seed: int = 0) -> t
     return module
 
 
-def build(model: str, device: torch.device, dtype: torch.dtype) -> Components:
+SETTINGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+
+
+def cpu_has_bf16_units() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def default_settings(device: torch.device) -> list[str]:
+    if device.type == "cuda":
+        return ["fp32", "fp16", "bf16"]
+    return ["fp32", "int8"] + (["bf16"] if cpu_has_bf16_units() else [])
+
+
+def build(model: str, device: torch.device, setting: str) -> Components:
+    dtype = SETTINGS[setting]
     cfg = packaged_config(model)
     with torch.device("meta"):
         dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
@@ -68,6 +91,8 @@ def build(model: str, device: torch.device, dtype: torch.dtype) -> Components:
     cond = randomise(cond, device, 2).to(dtype).eval()
     t5 = randomise(t5, device, 3).to(torch.bfloat16).eval()  # the real file is bf16
     ae = randomise(build_autoencoder(cfg, None, model), device, 4).to(dtype).eval()
+    if setting == "int8":
+        quantize_model(dit, ae)
     prompt = cond.prompt_conditioners()["prompt"]
     prompt.attach(TextEncoder(PromptTokenizer.from_dir(TOKENIZER_DIR, prompt.max_length), t5))
     return Components(cond, dit, ae, cfg, device)
@@ -79,22 +104,23 @@ def peak_memory(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float, torch.Tensor]:
-    def once() -> torch.Tensor:
+def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Median end-to-end time, and the latents and audio of the same seed."""
+    def once(return_latents: bool = False) -> torch.Tensor:
         with torch.inference_mode():
-            audio, _ = generate(c, prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
-                                seed=[7] * batch, batch_size=batch, return_latents=False)
+            out, _ = generate(c, prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
+                              seed=[7] * batch, batch_size=batch, return_latents=return_latents)
         if c.device.type == "cuda":
             torch.cuda.synchronize()
-        return audio
+        return out
 
-    once()  # warm-up (and compilation, if any)
+    latents = once(return_latents=True)  # also the warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         audio = once()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), audio
+    return statistics.median(times), latents, audio
 
 
 def snr_db(ref: torch.Tensor, other: torch.Tensor) -> float:
@@ -105,33 +131,35 @@ def snr_db(ref: torch.Tensor, other: torch.Tensor) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="small-music")
-    p.add_argument("--seconds", type=float, nargs="+", default=[10.0])
+    p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
     p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--dtypes", nargs="+", default=None, help="float32 bfloat16 float16 (default: fp32 + bf16/fp16)")
+    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
+                   help="fp32 bf16 fp16 int8 (default: every fast path of the device; fp32 always runs first)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     device = torch.device(args.device)
-    dtypes = args.dtypes or ["float32", "float16" if device.type == "cuda" else "bfloat16"]
-    if "float32" not in dtypes:
-        dtypes = ["float32", *dtypes]
+    settings = ["fp32"] + [s for s in (args.settings or default_settings(device)) if s != "fp32"]
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; model {args.model} (random weights, full size)")
-    print("| seconds | batch | dtype | median s | peak GiB | x realtime | speed-up vs fp32 | audio SNR vs fp32 dB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"device: {name}; torch {torch.__version__}; model {args.model} (random weights, full size); "
+          f"median of {args.repeats} after a warm-up; baseline: fp32 eager in the same run")
+    print("| seconds | batch | setting | median s | peak GiB | x realtime | speed-up vs fp32 "
+          "| latent SNR dB | audio SNR dB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for seconds in args.seconds:
         for batch in args.batch:
-            base_time, base_audio = None, None
-            for dt in dtypes:
-                c = build(args.model, device, getattr(torch, dt))
+            base = None
+            for setting in settings:
+                c = build(args.model, device, setting)
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats()
-                t, audio = run(c, seconds, batch, args.repeats)
-                if dt == "float32":
-                    base_time, base_audio = t, audio
-                snr = "-" if dt == "float32" else f"{snr_db(base_audio, audio):.1f}"
-                print(f"| {seconds:g} | {batch} | {dt} | {t:.3f} | {peak_memory(device):.2f} | "
-                      f"{seconds * batch / t:.2f} | {base_time / t:.2f} | {snr} |", flush=True)
+                t, latents, audio = run(c, seconds, batch, args.repeats)
+                if base is None:
+                    base = (t, latents, audio)
+                snr = ("-", "-") if setting == "fp32" else (f"{snr_db(base[1], latents):.1f}",
+                                                           f"{snr_db(base[2], audio):.1f}")
+                print(f"| {seconds:g} | {batch} | {setting} | {t:.3f} | {peak_memory(device):.2f} | "
+                      f"{seconds * batch / t:.2f} | {base[0] / t:.2f} | {snr[0]} | {snr[1]} |", flush=True)
                 del c
 
 

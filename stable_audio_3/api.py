@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import masks
 from .audio import as_channels_first, check_sample_rate, pad_or_crop, resample, set_channels
 from .loading import (
     AE_PREFIX,
@@ -33,6 +34,7 @@ from .loading import (
 )
 from .models.attention import check_backend
 from .models.dit import check_attention_padding
+from .models.quant import check_quantize, quantize_model
 from .models.same import SAMEAutoencoder
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,7 @@ class StableAudioModel:
         self.device = components.device
         self.loras = lora_set
         self.last_seeds: list[int] = []
+        self.quantize: str | None = None  # "int8" when loaded with that fast path
 
     @property
     def dit(self):
@@ -231,7 +234,8 @@ class StableAudioModel:
                         *, config: str | os.PathLike | None = None, dtype: torch.dtype | str | None = None,
                         attention_padding: str = "exclude", attention_backend: str | None = None,
                         text_encoder: str | os.PathLike | None = None, revision: str | None = None,
-                        token: str | None = None, offload_text_encoder: bool = False) -> StableAudioModel:
+                        token: str | None = None, offload_text_encoder: bool = False,
+                        quantize: str | None = None) -> StableAudioModel:
         """Load a Stable Audio 3 model.
 
         `name_or_path`: an existing path wins: a folder laid out like the Hub repo (model_config.json,
@@ -249,6 +253,9 @@ class StableAudioModel:
         `"zero-values"` reproduces the reference without flash-attn (CPU/MPS). `attention_backend`:
         None (auto, or $SA3_ATTENTION_BACKEND), "sdpa", "flash", "math". `offload_text_encoder=True`
         keeps the T5Gemma encoder in CPU memory; it visits the GPU only to encode (for small GPUs).
+        `quantize="int8"` (CPU only) runs the DiT's and the autoencoder's wide Linear layers with int8
+        kernels: about 2-3x faster on CPUs without bf16 units, at a measured quality cost (see the
+        README's benchmark table); LoRAs cannot be loaded on such a model.
         Any loading problem raises `ModelLoadError` with what to do about it.
         """
         from .models.conditioning import Conditioner
@@ -260,6 +267,7 @@ class StableAudioModel:
         backend = check_backend(attention_backend)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
+        check_quantize(quantize, device)
         files = resolve_model_files(DEMO_MODEL if name_or_path is None else name_or_path,
                                     DIFFUSION_MODELS + (DEMO_MODEL,), config=config, revision=revision,
                                     token=token, with_text_encoder=text_encoder is None)
@@ -285,10 +293,14 @@ class StableAudioModel:
             load_part(module, ckpt, keys[part], f"{label} of {source}", device, part_dtype)
         ae.set_attention_backend(backend)
         dit.set_attention_backend(backend)
+        if quantize is not None:
+            quantize_model(dit, ae)
         _attach_text_encoder(conditioner, files, text_encoder, device, token, bool(offload_text_encoder))
         components = Components(conditioner, dit, ae, cfg, device, attention_padding)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
-        return cls(components, files, loras)
+        model = cls(components, files, loras)
+        model.quantize = quantize
+        return model
 
     @property
     def max_duration(self) -> float:
@@ -296,24 +308,53 @@ class StableAudioModel:
         return self.components.max_samples / self.sample_rate
 
     @property
+    def default_duration(self) -> float:
+        """Seconds generated when no duration is given: the config's `default_duration` (3 s for the
+        demo model), else 120 s (the reference's default) or the model's maximum if that is shorter."""
+        value = self.components.config.get("default_duration")
+        if masks.is_number(value) and 0 < value:
+            return min(float(value), self.max_duration)
+        return min(120.0, self.max_duration)
+
+    @property
     def is_base(self) -> bool:
         """-base (rectified_flow) models want Euler, ~50 steps and cfg ~7; post-trained ones 8 steps, cfg 1."""
         return self.components.diffusion_objective == "rectified_flow"
 
+    @property
+    def recommended_steps(self) -> int:
+        """Steps the CLI, UI and server use when none are given: the config's `default_steps`, else
+        50 for -base models and 8 for post-trained ones. (`generate()` itself keeps the reference's 8.)"""
+        value = self.components.config.get("default_steps")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+        return 50 if self.is_base else 8
+
+    @property
+    def recommended_cfg_scale(self) -> float:
+        """The config's `default_cfg_scale`, else 7 for -base models and 1 for post-trained ones."""
+        value = self.components.config.get("default_cfg_scale")
+        if masks.is_number(value) and value >= 0:
+            return float(value)
+        return 7.0 if self.is_base else 1.0
+
     @torch.inference_mode()
     def generate(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
-                 duration: float | Sequence[float] = 120, steps: int = 8, cfg_scale: float = 1.0,
+                 duration: float | Sequence[float] | None = None, steps: int = 8, cfg_scale: float = 1.0,
                  seed: int | Sequence[int] = -1, batch_size: int = 1, **kwargs) -> torch.Tensor:
         """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz (or the latents).
 
-        - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`): one value, or a
-          list with one per batch item. `seed`: an int, -1 for a random one, or a list of per-item
+        - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`; None: the model's
+          `default_duration`, 120 s for the official models): one value, or a list with one per batch
+          item. `seed`: an int, -1 for a random one, or a list of per-item
           seeds (item i then equals a batch-1 call with seed i). `model.last_seeds` holds the seeds
           used after the call (with one int seed the whole batch shares it).
         - `init_audio` with `init_noise_level` (audio-to-audio); `inpaint_audio` with
           `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers, or lists for several
           regions) or `inpaint_mask`, or `continuation=True` (keep the whole given audio and continue
-          it up to `duration`). Audio is `(sample_rate, x)`, `(x, sample_rate)` or a file path.
+          it up to `duration`). `inpaint_paste_back=True` puts the given audio back over the kept parts
+          of the result (exactly; 20 ms crossfades inside each regenerated region). Audio is
+          `(sample_rate, x)`, `(x, sample_rate)` or a file path.
         - Guidance and sampling: `apg_scale` (1.0), `sampler_type` ('pingpong', 'euler', 'rk4',
           'dpmpp'; default by model), `dist_shift`, `cfg_interval`, `scale_phi`, `cfg_norm_threshold`,
           `duration_padding_sec` (6.0), `sample_size` (default: the model's maximum).
@@ -325,6 +366,8 @@ class StableAudioModel:
         """
         from .pipeline import generate
 
+        if duration is None:
+            duration = self.default_duration
         result, self.last_seeds = generate(self.components, prompt=prompt, negative_prompt=negative_prompt,
                                            duration=duration, steps=steps, cfg_scale=cfg_scale, seed=seed,
                                            batch_size=batch_size, **kwargs)
@@ -333,6 +376,9 @@ class StableAudioModel:
     # -- LoRA ------------------------------------------------------------------------------------
     def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:
         """Load LoRA files (stacked in order); returns their indices for `set_lora_strength`."""
+        if self.quantize is not None:
+            raise ValueError(f"load_lora: this model was loaded with quantize={self.quantize!r}, whose int8 layers "
+                             "cannot take LoRAs; load it with quantize=None to use LoRAs")
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         return self.loras.load(list(paths), svd_bases_path=self.model_config.get("svd_bases_path"))

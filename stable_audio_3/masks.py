@@ -212,10 +212,9 @@ def mask_to_latents(mask: torch.Tensor, latent_length: int) -> torch.Tensor:
     return F.interpolate(mask.unsqueeze(1), size=latent_length, mode="nearest").squeeze(1)
 
 
-def build_inpaint_mask(
+def build_audio_inpaint_mask(
     *,
     num_samples: int,
-    latent_length: int,
     sample_rate: int,
     durations: Sequence[float],
     batch_size: int = 1,
@@ -224,7 +223,7 @@ def build_inpaint_mask(
     mask: torch.Tensor | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor | None:
-    """The latent-rate inpaint mask (1 or B, T), or None without inpainting.
+    """The audio-rate keep-mask (1 or B, <= num_samples), or None without inpainting.
 
     Regions in seconds take precedence over a prebuilt `mask` (as in the reference).
     """
@@ -235,8 +234,31 @@ def build_inpaint_mask(
         mask = fit_mask(mask, num_samples, batch_size).to(device)
     else:
         return None
-    mask = clear_after_duration(mask, durations, sample_rate)
-    return mask_to_latents(mask, latent_length)
+    return clear_after_duration(mask, durations, sample_rate)
+
+
+def build_inpaint_mask(*, latent_length: int, **kwargs) -> torch.Tensor | None:
+    """The latent-rate inpaint mask (1 or B, T), or None without inpainting (arguments: see
+    `build_audio_inpaint_mask`)."""
+    mask = build_audio_inpaint_mask(**kwargs)
+    return None if mask is None else mask_to_latents(mask, latent_length)
+
+
+def paste_back_weights(mask: torch.Tensor, fade_samples: int) -> torch.Tensor:
+    """Weights of the given audio when pasting it back over a generated result (same shape as `mask`).
+
+    1 wherever the audio-rate mask keeps audio; inside each regenerated region the weight falls
+    linearly to 0 over its first `fade_samples` and rises again over its last ones, so the kept
+    audio is exactly the original and every seam is a short crossfade.
+    """
+    n = mask.shape[-1]
+    idx = torch.arange(n, device=mask.device).expand(mask.shape)
+    kept = mask > 0.5
+    far = n + fade_samples + 1
+    previous = torch.where(kept, idx, torch.full_like(idx, -far)).cummax(-1).values
+    following = torch.where(kept, idx, torch.full_like(idx, 2 * far)).flip(-1).cummin(-1).values.flip(-1)
+    distance = torch.minimum(idx - previous, following - idx).float()
+    return (1 - distance / (fade_samples + 1)).clamp(min=0)
 
 
 def local_add_cond(

@@ -138,10 +138,17 @@ def _check_seeds(seed, batch_size: int) -> list[int] | None:
     return out
 
 
-def encode_audio_input(c: Components, audio: torch.Tensor, sr: int, num_samples: int) -> torch.Tensor:
-    """Resample, crop or zero-pad to the generated length, make stereo, encode (chunked per config)."""
+PASTE_BACK_FADE_SECONDS = 0.02
+
+
+def prepare_audio_input(c: Components, audio: torch.Tensor, sr: int, num_samples: int) -> torch.Tensor:
+    """(1, channels, num_samples) float32: resampled, cropped or zero-padded to the generated length."""
     audio = resample(audio.to(c.device, torch.float32), sr, c.sample_rate)
-    audio = set_channels(pad_or_crop(audio, num_samples), c.autoencoder.audio_channels).unsqueeze(0)
+    return set_channels(pad_or_crop(audio, num_samples), c.autoencoder.audio_channels).unsqueeze(0)
+
+
+def encode_audio_input(c: Components, audio: torch.Tensor) -> torch.Tensor:
+    """Encode prepared audio (chunked per config)."""
     ae_dtype = next(c.autoencoder.parameters()).dtype
     return c.autoencoder.encode_audio(audio.to(ae_dtype), chunked=c.chunked_default)
 
@@ -162,6 +169,7 @@ def generate(
     inpaint_mask_start_seconds: float | Sequence[float] | None = None,
     inpaint_mask_end_seconds: float | Sequence[float] | None = None,
     continuation: bool = False,
+    inpaint_paste_back: bool = False,
     sample_size: int | None = None,
     duration_padding_sec: float = masks.DEFAULT_DURATION_PADDING_SEC,
     apg_scale: float = 1.0,
@@ -238,6 +246,11 @@ def generate(
     regions = masks.inpaint_regions(inpaint_mask_start_seconds, inpaint_mask_end_seconds)
     if (regions is not None or inpaint_mask is not None) and inpaint is None:
         log.warning("an inpaint mask was given without inpaint_audio: the kept regions are conditioned on silence")
+    if not isinstance(inpaint_paste_back, bool):
+        raise ValueError(f"inpaint_paste_back={inpaint_paste_back!r} is invalid; True or False is required")
+    if inpaint_paste_back and (inpaint is None or (regions is None and inpaint_mask is None)):
+        raise ValueError("inpaint_paste_back=True needs inpaint_audio and the regions to regenerate "
+                         "(inpaint_mask_start_seconds / inpaint_mask_end_seconds, inpaint_mask, or continuation)")
     ratio = c.autoencoder.downsampling_ratio
     encoder_cfg = c.config["model"]["pretransform"]["config"]["encoder"]["config"]
     num_samples = masks.audio_sample_size(
@@ -249,11 +262,12 @@ def generate(
     device = c.device
 
     # -- masks, seed, noise -------------------------------------------------------------------
-    latent_mask = masks.build_inpaint_mask(
-        num_samples=num_samples, latent_length=length, sample_rate=sr, durations=durations,
+    audio_mask = masks.build_audio_inpaint_mask(
+        num_samples=num_samples, sample_rate=sr, durations=durations,
         batch_size=batch_size, start_seconds=inpaint_mask_start_seconds, end_seconds=inpaint_mask_end_seconds,
         mask=inpaint_mask, device=device,
     )
+    latent_mask = None if audio_mask is None else masks.mask_to_latents(audio_mask, length)
     if item_seeds is None:
         seeds = [seed_generator(seed)] * batch_size
         rng = NoiseSource(device=noise_device)
@@ -272,10 +286,11 @@ def generate(
 
     init_latents = None
     if init is not None:
-        init_latents = encode_audio_input(c, init[0], init[1], num_samples).repeat(batch_size, 1, 1)
-    inpaint_latents = None
+        init_latents = encode_audio_input(c, prepare_audio_input(c, *init, num_samples)).repeat(batch_size, 1, 1)
+    inpaint_latents = inpaint_wave = None
     if inpaint is not None:
-        inpaint_latents = encode_audio_input(c, inpaint[0], inpaint[1], num_samples)
+        inpaint_wave = prepare_audio_input(c, *inpaint, num_samples)
+        inpaint_latents = encode_audio_input(c, inpaint_wave)
     local = masks.local_add_cond(latent_mask, inpaint_latents, batch_size=batch_size,
                                  channels=c.latent_channels, latent_length=length, device=device)
 
@@ -287,12 +302,14 @@ def generate(
     neg_cross = None if negative is None else negative.cross_attn_cond
     neg_mask = None if negative is None else negative.cross_attn_mask
 
+    step_cache: dict = {}  # conditioning projections, computed at the first step and reused
+
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return c.dit(
             x, t, cross_attn_cond=cross, global_cond=glob, local_add_cond=local, padding_mask=pad_mask,
             negative_cross_attn_cond=neg_cross, negative_cross_attn_mask=neg_mask, cfg_scale=cfg_scale,
             apg_scale=apg_scale, cfg_interval=tuple(cfg_interval), cfg_norm_threshold=cfg_norm_threshold,
-            scale_phi=scale_phi, attention_padding=c.attention_padding,
+            scale_phi=scale_phi, attention_padding=c.attention_padding, cache=step_cache,
         ).to(x.dtype)
 
     def on_step(info: dict) -> None:
@@ -312,6 +329,8 @@ def generate(
     ae_dtype = next(c.autoencoder.parameters()).dtype
     chunked = c.chunked_default if chunked_decode is None else chunked_decode
     audio = c.autoencoder.decode_audio(latents.to(ae_dtype), chunked=chunked, rng=rng)
+    if inpaint_paste_back:
+        audio = paste_back(audio.float(), inpaint_wave, audio_mask, int(PASTE_BACK_FADE_SECONDS * sr))
     keep = pad_mask.repeat_interleave(ratio, dim=-1)[:, None, :]
     if keep.shape[-1] >= audio.shape[-1]:
         keep = keep[..., : audio.shape[-1]]
@@ -326,3 +345,14 @@ def generate(
         else:
             log.warning("durations differ between items: returning the longest; trim each item to its duration")
     return audio, seeds
+
+
+def paste_back(audio: torch.Tensor, given: torch.Tensor, audio_mask: torch.Tensor, fade: int) -> torch.Tensor:
+    """The given audio wherever the mask keeps it, the generated audio elsewhere, crossfaded at the seams."""
+    if audio_mask.shape[-1] != given.shape[-1]:  # a short caller mask is stretched, as for the latents
+        audio_mask = torch.nn.functional.interpolate(audio_mask[:, None], size=given.shape[-1], mode="nearest")[:, 0]
+    n = min(audio.shape[-1], given.shape[-1])
+    weight = masks.paste_back_weights(audio_mask[..., :n].float(), fade)[:, None, :]
+    out = audio.clone()
+    out[..., :n] = weight * given[..., :n].to(audio) + (1 - weight) * audio[..., :n]
+    return out

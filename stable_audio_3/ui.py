@@ -165,13 +165,15 @@ class ModelHolder:
             self.model.set_lora_strength(s, lora_index=i)
 
 
-def model_defaults(model) -> tuple[float, int, float, list[str], str]:
-    """(max seconds, steps, cfg, samplers, default sampler) as the reference UI sets them per model."""
+def model_defaults(model) -> tuple[float, float, int, float, list[str], str]:
+    """(max seconds, default seconds, steps, cfg, samplers, default sampler) as the reference UI sets
+    them per model; the default seconds are the model's own (3 s for the demo)."""
     if model is None:
-        return 120.0, 8, 1.0, list(cli.SAMPLERS), "pingpong"
-    steps, cfg_scale, sampler = cli.recommended_settings(model.is_base, None, None, None)
+        return 120.0, 120.0, 8, 1.0, list(cli.SAMPLERS), "pingpong"
+    steps, cfg_scale, sampler = cli.recommended_settings(model, None, None, None)
     samplers = ["euler", "rk4", "dpmpp"] if model.is_base else ["pingpong", "euler", "rk4", "dpmpp"]
-    return float(int(model.max_duration)), steps, cfg_scale, samplers, sampler or "pingpong"
+    max_s = float(int(model.max_duration))
+    return max_s, min(max_s, float(model.default_duration)), steps, cfg_scale, samplers, sampler or "pingpong"
 
 
 # -- generation ----------------------------------------------------------------------------------
@@ -205,6 +207,7 @@ def generate(
     inpaint_audio,
     regions_text,
     continuation,
+    paste_back,
     lora_files,
     lora_strengths,
     progress=None,
@@ -257,6 +260,7 @@ def generate(
                 inpaint_mask_start_seconds=[r[0] for r in regions] or None,
                 inpaint_mask_end_seconds=[r[1] for r in regions] or None,
                 continuation=bool(continuation),
+                inpaint_paste_back=bool(paste_back) and inpaint_audio is not None,
                 cfg_interval=(float(cfg_interval_min), float(cfg_interval_max)),
                 scale_phi=float(cfg_rescale),
                 cfg_norm_threshold=float(cfg_norm_threshold),
@@ -319,7 +323,7 @@ def build_app(
         holder.get(model)
     except gr.Error as e:
         load_error = e.message
-    max_s, steps_default, cfg_default, samplers, sampler_default = model_defaults(holder.model)
+    max_s, default_s, steps_default, cfg_default, samplers, sampler_default = model_defaults(holder.model)
 
     with gr.Blocks(title=title, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"### {title}")
@@ -338,7 +342,7 @@ def build_app(
                     elem_id="model",
                 )
                 model_status = gr.Markdown(load_error or f"Loaded: `{model}`")
-                seconds = gr.Slider(0, max_s, value=max_s, step=1, label="Seconds total", elem_id="seconds")
+                seconds = gr.Slider(0, max_s, value=default_s, step=1, label="Seconds total", elem_id="seconds")
                 with gr.Row():
                     steps = gr.Slider(1, 500, value=steps_default, step=1, label="Steps")
                     cfg_scale = gr.Slider(0.0, 25.0, value=cfg_default, step=0.1, label="CFG scale")
@@ -384,6 +388,9 @@ def build_app(
                         "", label="Regions to regenerate, in seconds", placeholder="1.0-2.0, 3.5-4.0", elem_id="regions"
                     )
                     continuation = gr.Checkbox(False, label="Continuation (keep all of it, continue to Seconds total)")
+                    paste_back = gr.Checkbox(
+                        False, label="Paste back the kept audio exactly (20 ms crossfades)", elem_id="paste-back"
+                    )
             with gr.Column():
                 players, pictures = [], []
                 for i in range(MAX_BATCH):  # one player and one spectrogram per batch item
@@ -410,10 +417,10 @@ def build_app(
         def on_model_change(name):
             with holder.lock:
                 model = holder.get(name)
-            max_s, steps_d, cfg_d, samplers, sampler_d = model_defaults(model)
+            max_s, default_s, steps_d, cfg_d, samplers, sampler_d = model_defaults(model)
             return (
                 f"Loaded: `{name}`",
-                gr.update(maximum=max_s, value=max_s),
+                gr.update(maximum=max_s, value=default_s),
                 gr.update(value=steps_d),
                 gr.update(value=cfg_d),
                 gr.update(choices=samplers, value=sampler_d),
@@ -449,6 +456,7 @@ def build_app(
             inpaint_audio,
             regions,
             continuation,
+            paste_back,
             loras,
             lora_strengths,
         ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import shlex
 import subprocess
@@ -123,10 +122,6 @@ def test_base_models_get_their_recommended_settings(tmp_path: Path, caplog: pyte
     assert "steps=50 cfg_scale=7" in sf.SoundFile(str(tmp_path / "b.wav")).copy_metadata()["comment"]
 
 
-@pytest.mark.skipif(
-    "bitrate_mode" not in inspect.signature(write_audio).parameters,
-    reason="stable_audio_3.audio.write_audio does not forward compression_level/bitrate_mode yet",
-)
 def test_mp3_bitrate(tmp_path: Path) -> None:
     main(f"-p x --duration 2 --batch-size 2 --mp3-bitrate 128 --model {q(tiny())}", "-o", str(tmp_path / "a.mp3"))
     for i in range(2):

@@ -102,6 +102,62 @@ def test_continuation_keeps_the_given_audio_and_continues_it() -> None:
     assert torch.equal(a, b)
 
 
+def test_paste_back_keeps_the_given_audio_exactly_and_crossfades_into_the_regions() -> None:
+    m = model()
+    audio = sig_a()[:, : 3 * 44100]
+    regions = dict(inpaint_mask_start_seconds=[0.5, 2.0], inpaint_mask_end_seconds=[1.0, 2.5])
+    plain = m.generate("x", duration=3.0, seed=4, inpaint_audio=(44100, audio), clamp=False, **regions)
+    pasted = m.generate(
+        "x", duration=3.0, seed=4, inpaint_audio=(44100, audio), inpaint_paste_back=True, clamp=False, **regions
+    )
+    given = audio.expand(2, -1) if audio.shape[0] == 1 else audio
+    kept = torch.ones(3 * 44100, dtype=torch.bool)
+    kept[22050:44100] = False
+    kept[88200:110250] = False
+    assert torch.equal(pasted[0][:, kept], given[:, kept])  # exactly the given audio where kept
+    fade = int(0.02 * 44100)
+    inner = torch.zeros_like(kept)
+    inner[22050 + fade + 1 : 44100 - fade - 1] = True
+    assert torch.equal(pasted[0][:, inner], plain[0][:, inner])  # the generated audio inside each region
+    edge = 22050 + fade // 2  # half-way through the crossfade: the mean of the two
+    torch.testing.assert_close(pasted[0][:, edge], (given[:, edge] + plain[0][:, edge]) / 2, atol=2e-3, rtol=0)
+
+
+def test_paste_back_needs_the_audio_and_the_regions() -> None:
+    with pytest.raises(ValueError, match="inpaint_paste_back=True needs inpaint_audio and the regions"):
+        model().generate("x", duration=1.0, inpaint_paste_back=True)
+    with pytest.raises(ValueError, match="inpaint_paste_back=1 is invalid; True or False is required"):
+        model().generate("x", duration=1.0, inpaint_paste_back=1, inpaint_audio=(44100, sig_a()),
+                         inpaint_mask_start_seconds=0.2, inpaint_mask_end_seconds=0.5)
+
+
+def test_default_duration_comes_from_the_config() -> None:
+    m = model()
+    assert m.default_duration == 120.0  # the reference's default, within this model's 120 s
+    m.components.config["default_duration"] = 1.5
+    try:
+        assert m.default_duration == 1.5
+        out = m.generate("x", seed=1, steps=2)
+        assert out.shape[-1] == int(1.5 * 44100)
+    finally:
+        del m.components.config["default_duration"]
+
+
+def test_recommended_settings_follow_the_objective_unless_the_config_states_them() -> None:
+    from stable_audio_3.cli import recommended_settings
+
+    m = model()
+    assert (m.is_base, m.recommended_steps, m.recommended_cfg_scale) == (False, 8, 1.0)
+    assert recommended_settings(m, None, None, None) == (8, 1.0, None)
+    m.components.config.update(default_steps=24, default_cfg_scale=2.5)
+    try:
+        assert (m.recommended_steps, m.recommended_cfg_scale) == (24, 2.5)
+        assert recommended_settings(m, None, None, None) == (24, 2.5, None)
+        assert recommended_settings(m, 4, 0.0, "euler") == (4, 0.0, "euler")  # given values win
+    finally:
+        del m.components.config["default_steps"], m.components.config["default_cfg_scale"]
+
+
 def test_each_model_has_its_own_maximum() -> None:
     m = model()
     assert m.max_duration == pytest.approx(5292032 / 44100)

@@ -119,11 +119,14 @@ def test_per_item_schedules() -> None:
     shift = LogSNRShift(rate=1.0)
     rows = build_schedule(8, [16, 97, 113], 1.0, shift)
     assert not torch.equal(rows[0], rows[2])
+    # Equal up to float32 rounding: vectorised sigmoid/log2 may round the last bit differently for a
+    # (3, 9) and a (1, 9) tensor on some CPUs.
     for i, n in enumerate([16, 97, 113]):
-        assert torch.equal(rows[i], build_schedule(8, [n], 1.0, shift)[0])
+        torch.testing.assert_close(rows[i], build_schedule(8, [n], 1.0, shift)[0], rtol=0, atol=1e-6)
     # As many items as schedule points: still one row per item (the reference mixes them there).
     rows = build_schedule(2, [16, 97, 113], 1.0, shift)
-    assert rows.shape == (3, 3) and torch.equal(rows[2], build_schedule(2, [113], 1.0, shift)[0])
+    assert rows.shape == (3, 3)
+    torch.testing.assert_close(rows[2], build_schedule(2, [113], 1.0, shift)[0], rtol=0, atol=1e-6)
     full = build_schedule(4, [300, 4000], 1.0, FullShift())
     assert full.shape == (2, 5) and (full[:, 1:-1] > torch.linspace(1, 0, 5)[1:-1]).all()
 

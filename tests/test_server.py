@@ -271,6 +271,228 @@ def test_audio_to_audio_inpainting_and_continuation_from_uploads(tmp_path: Path)
         assert not list((tmp_path / "data").rglob("evil*")) and not Path("/etc/evil.wav").exists()
 
 
+def noise_wav(seconds: float, scale: float, seed: int = 0) -> bytes:
+    """44.1 kHz stereo float WAV of noise: the server keeps it as decoded (no resampling, rounding or clamping)."""
+    audio = (scale * np.random.default_rng(seed).standard_normal((int(seconds * SR), 2))).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def test_inpaint_paste_back_keeps_the_uploaded_audio_exactly(tmp_path: Path) -> None:
+    quiet, loud = noise_wav(1.0, 0.2), noise_wav(1.0, 0.6, seed=1)  # loud: peaks past 1
+    # the server stores each upload as decoded to float32 (a float WAV, unclamped) and generate() reads that back
+    decoded = {
+        name: sf.read(io.BytesIO(data), dtype="float32", always_2d=True)[0]
+        for name, data in (("quiet", quiet), ("loud", loud))
+    }
+    assert np.abs(decoded["quiet"]).max() < 1 < np.abs(decoded["loud"]).max()
+    regions = {"inpaint_mask_start_seconds": [0.25], "inpaint_mask_end_seconds": [0.5]}
+    body = {"prompt": "x", "duration": 1.0, "seed": 4, "steps": 4, **regions}
+    requests = {
+        "plain": (body, quiet),
+        "pasted": ({**body, "inpaint_paste_back": True}, quiet),
+        # continuation, unclamped: the loud upload comes back with its peaks
+        "continued": (
+            {
+                "prompt": "x",
+                "duration": 1.5,
+                "seed": 4,
+                "steps": 4,
+                "continuation": True,
+                "inpaint_paste_back": True,
+                "clamp": False,
+            },
+            loud,
+        ),
+    }
+    with server(tmp_path) as client:
+        ids = {}
+        for name, (request, upload) in requests.items():
+            r = client.post(
+                "/v1/generate",
+                data={"request": json.dumps(request)},
+                files={"inpaint_audio": ("a.wav", upload, "audio/wav")},
+            )
+            assert r.status_code == 202, r.text
+            ids[name] = r.json()["id"]
+        out = {}
+        for name, job_id in ids.items():
+            info = wait(client, job_id)
+            assert info["status"] == "completed", info
+            assert info["request"]["inpaint_paste_back"] is (name != "plain")
+            out[name] = fetch(client, job_id)[0]
+        # paste-back without regions (or without audio) is refused, naming the field
+        r = client.post(
+            "/v1/generate",
+            data={"request": json.dumps({"prompt": "x", "inpaint_paste_back": True})},
+            files={"inpaint_audio": ("a.wav", quiet, "audio/wav")},
+        )
+        assert error_of(r) == (422, "inpaint_paste_back")
+    source = decoded["quiet"]
+    start, end, fade = int(0.25 * SR), int(0.5 * SR), int(0.02 * SR)
+    pasted, plain = out["pasted"], out["plain"]
+    assert pasted.shape == plain.shape == source.shape
+    # outside the region: the uploaded samples, bit for bit; without paste-back they went through the autoencoder
+    assert np.array_equal(pasted[:start], source[:start]) and np.array_equal(pasted[end:], source[end:])
+    assert not np.allclose(plain[:start], source[:start], atol=1e-3)
+    # inside, past the 20 ms crossfades: the generated audio, as without paste-back
+    inner = slice(start + fade + 1, end - fade - 1)
+    assert np.abs(pasted[inner] - plain[inner]).max() < 1e-6
+    assert not np.allclose(pasted[start:end], source[start:end], atol=1e-3)
+    # continuation: all of the given second is kept exactly (peaks past 1 included), the rest is new
+    continued = out["continued"]
+    assert continued.shape == (int(1.5 * SR), 2)
+    assert np.array_equal(continued[:SR], decoded["loud"]) and np.abs(continued[SR + fade + 1 :]).max() > 0
+
+
+def test_clamp_dist_shift_and_sample_size_reach_generate(tmp_path: Path) -> None:
+    body = {"prompt": "x", "duration": 1.0, "seed": 1, "steps": 4}
+    shift = {"type": "flux", "alpha_min": 3.0, "alpha_max": 3.0}
+    variants = {
+        "default": {},
+        "unclamped": {"clamp": False},
+        "shifted": {"dist_shift": shift},
+        "capped": {"sample_size": 12 * 4096},
+    }
+    with server(tmp_path) as client:
+        ids = {name: submit(client, **body, **extra) for name, extra in variants.items()}
+        out = {}
+        for name, job_id in ids.items():
+            info = wait(client, job_id)
+            assert info["status"] == "completed", info
+            for key, value in variants[name].items():
+                assert info["request"][key] == value
+            out[name] = fetch(client, job_id)[0]
+        assert error_of(client.post("/v1/generate", json={**body, "dist_shift": {"type": "flux", "alpha": 2}})) == (
+            422,
+            "dist_shift",
+        )
+    # unclamped: the tiny model overshoots [-1, 1] for this seed; clamping it gives the default job's audio
+    assert np.abs(out["unclamped"]).max() > 1 >= np.abs(out["default"]).max()
+    assert np.array_equal(np.clip(out["unclamped"], -1, 1), out["default"])
+    # the shift and the sample cap change the audio, exactly as they do in the Python API
+    for name, kwargs in (("shifted", {"dist_shift": shift}), ("capped", {"sample_size": 12 * 4096})):
+        assert not np.allclose(out[name], out["default"], atol=1e-3), name
+        alone = model().generate("x", duration=1.0, seed=[1], steps=4, **kwargs)[0]
+        assert rel_err(torch.from_numpy(out[name].T.copy()), alone) < 1e-3, name
+
+
+def test_default_duration_is_the_models(tmp_path: Path) -> None:
+    m = model()
+    with server(tmp_path, run_workers=False) as client:
+        (info,) = client.get("/v1/models").json()
+        assert info["default_duration"] == pytest.approx(m.default_duration, abs=1e-3)
+        assert info["max_sample_size"] == m.components.max_samples and info["loras"] == []
+        job = client.get(f"/v1/jobs/{submit(client, prompt='x')}").json()
+        assert job["durations"] == [m.default_duration]
+        # a config's own default_duration (as the demo model has) is what a request without duration gets
+        m.model_config["default_duration"] = 0.75
+        try:
+            assert client.get("/v1/models").json()[0]["default_duration"] == 0.75
+            job = client.get(f"/v1/jobs/{submit(client, prompt='x', batch_size=2)}").json()
+            assert job["durations"] == [0.75, 0.75]
+        finally:
+            del m.model_config["default_duration"]
+
+
+def lora_files() -> dict[str, str]:
+    folder = fixture_dir("tiny-small") / "lora"
+    return {"a": str(folder / "lora_a.safetensors"), "b": str(folder / "lora_b_dora.safetensors")}
+
+
+def test_loras_by_name_strengths_and_removal(tmp_path: Path) -> None:
+    m = model()
+    body = {"prompt": "x", "duration": 1.0, "seed": 5, "steps": 4}
+
+    def run(client, **extra) -> np.ndarray:
+        info = wait(client, submit(client, **body, **extra))
+        assert info["status"] == "completed", info
+        return fetch(client, info["id"])[0]
+
+    with server(tmp_path, loras=lora_files()) as client:
+        assert client.get("/v1/models").json()[0]["loras"] == ["a", "b"]
+        base = run(client)
+        full = run(client, loras=[{"name": "a", "strength": 1.0}])
+        assert not np.allclose(full, base, atol=1e-4)
+        loaded = list(m.loras.files)
+        assert [f.path.name for f in loaded] == ["lora_a.safetensors"]
+        half = run(client, loras=[{"name": "a", "strength": 0.5}])
+        assert not np.allclose(half, base, atol=1e-4) and not np.allclose(half, full, atol=1e-4)
+        assert all(a is b for a, b in zip(m.loras.files, loaded, strict=True))  # a new strength: no reload
+        assert np.array_equal(run(client), base)  # the same job without LoRA: the LoRA is fully removed
+        assert len(m.loras) == 0
+        stacked = run(client, loras=[{"name": "a"}, {"name": "b", "strength": 0.5}])
+        assert not np.allclose(stacked, full, atol=1e-4)
+        assert m.loras.strengths == [1.0, 0.5]
+        refused = [
+            ([{"name": "nope"}], "loras[0].name"),
+            ([{"name": "a"}, {"name": "/etc/passwd"}], "loras[1].name"),
+            ([{"name": "a", "strength": "high"}], "loras[0].strength"),
+            ([{"name": "a", "path": lora_files()["a"]}], "loras[0].path"),  # callers never give paths
+            ([{"name": "a"}] * 9, "loras"),
+        ]
+        for loras, field in refused:
+            assert error_of(client.post("/v1/generate", json={**body, "loras": loras})) == (422, field), loras
+    assert len(m.loras) == 0  # a stopped server hands its model back without LoRA
+    m.load_lora([lora_files()["a"]])
+    try:
+        alone = m.generate("x", duration=1.0, seed=[5], steps=4)[0]
+    finally:
+        m.unload_lora()
+    assert rel_err(torch.from_numpy(full.T.copy()), alone) < 1e-3
+
+
+def test_new_controls_persist_across_a_restart_and_split_batches(tmp_path: Path) -> None:
+    body = {"prompt": "x", "duration": 1.0, "steps": 4}
+    extra = {
+        "loras": [{"name": "a", "strength": 0.7}],
+        "dist_shift": {"type": "logsnr", "rate": 0.5},
+        "clamp": False,
+        "sample_size": 12 * 4096,
+    }
+    with server(tmp_path, run_workers=False, loras=lora_files()) as client:
+        ids = [
+            submit(client, **body, seed=7),
+            submit(client, **body, **extra, seed=7),
+            submit(client, **body, seed=8),
+            submit(client, **body, loras=[{"name": "a", "strength": 0.3}], seed=9),
+        ]
+    with server(tmp_path, loras=lora_files(), max_batch=4) as client:
+        infos = [wait(client, i) for i in ids]
+        assert [i["status"] for i in infos] == ["completed"] * 4, infos
+        assert infos[0]["batch"]["id"] == infos[2]["batch"]["id"] and infos[0]["batch"]["jobs"] == 2
+        assert infos[1]["batch"]["jobs"] == infos[3]["batch"]["jobs"] == 1  # other LoRA settings: never merged
+        assert {k: infos[1]["request"][k] for k in extra} == extra
+        audio = fetch(client, ids[1])[0]
+    m = model()
+    assert len(m.loras) == 0
+    m.load_lora([lora_files()["a"]])
+    try:
+        m.set_lora_strength(0.7, lora_index=0)
+        kwargs = {k: v for k, v in extra.items() if k != "loras"}
+        alone = m.generate("x", duration=1.0, seed=[7], steps=4, **kwargs)[0]
+    finally:
+        m.unload_lora()
+    assert rel_err(torch.from_numpy(audio.T.copy()), alone) < 1e-3
+
+
+def test_lora_files_are_checked_at_start(tmp_path: Path) -> None:
+    wrong = fixture_dir("tiny-medium") / "lora" / "lora_a.safetensors"  # another model's LoRA: other shapes
+    for loras, message in (
+        ({"x": str(tmp_path / "missing.safetensors")}, "file not found"),
+        ({"x": str(wrong)}, "cannot be used with any model served"),
+    ):
+        app = create_app(ServerConfig(data_dir=tmp_path / "data", loras=loras), models={"tiny": model()})
+        with pytest.raises(ValueError, match=message):
+            app.state.server.check_loras()
+        assert len(model().loras) == 0
+    with pytest.raises(SystemExit, match="--lora x=/nonexistent/x.safetensors: file not found"):
+        main(["--lora", "x=/nonexistent/x.safetensors"])
+    with pytest.raises(ValueError, match="LoRA name"):
+        ServerConfig(loras={"a b": "/x"})
+
+
 # -- cancel and timeout -----------------------------------------------------------------------------
 def test_cancel_queued_and_running_jobs(tmp_path: Path) -> None:
     with server(tmp_path, run_workers=False) as client:
@@ -333,6 +555,19 @@ BAD_JSON = [
         "inpaint_mask_start_seconds",
     ),
     ({"prompt": "x", "continuation": True}, 422, "continuation"),
+    ({"prompt": "x", "inpaint_paste_back": True}, 422, "inpaint_paste_back"),
+    ({"prompt": "x", "clamp": "no"}, 422, "clamp"),
+    ({"prompt": "x", "dist_shift": {"type": "magic"}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": {"type": ["full"]}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "bogus": 1}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": {"type": "logsnr", "rate": "fast"}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "use_sine": 1}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "min_length": 256, "max_length": 256}}, 422, "dist_shift"),
+    ({"prompt": "x", "dist_shift": [1]}, 422, "dist_shift"),
+    ({"prompt": "x", "sample_size": 100}, 422, "sample_size"),  # less than one latent
+    ({"prompt": "x", "sample_size": 10**9}, 422, "sample_size"),  # more than the model's maximum
+    ({"prompt": "x", "duration": 1.0, "sample_size": 4096}, 422, "sample_size"),  # shorter than the duration
+    ({"prompt": "x", "loras": [{"name": "a"}]}, 422, "loras[0].name"),  # this server offers no LoRA
     ({"prompt": "x", "prompt_extra": None}, 422, "prompt_extra"),
     ([1, 2], 422, "body"),
 ]
@@ -358,6 +593,12 @@ def test_bad_requests_get_4xx_json_naming_the_field_and_the_server_lives_on(tmp_
             ({}, {"init_audio": ("a.wav", wav_bytes(0.5), "audio/wav")}, 422, "request"),
             ({"request": "{"}, {"init_audio": ("a.wav", wav_bytes(0.5), "audio/wav")}, 400, "request"),
             ({"request": ok}, {"init_audio": ("a.wav", wav_bytes(30.0, sr=8000), "audio/wav")}, 422, "init_audio"),
+            (
+                {"request": json.dumps({"prompt": "x", "duration": 1.0, "inpaint_paste_back": True})},
+                {"inpaint_audio": ("a.wav", wav_bytes(0.5), "audio/wav")},
+                422,
+                "inpaint_paste_back",
+            ),
         ]
         for data, files, status, field in multipart:
             assert error_of(client.post("/v1/generate", data=data, files=files)) == (status, field), (data, files)
@@ -380,7 +621,7 @@ def test_odd_values_in_every_field_never_give_a_5xx(tmp_path: Path) -> None:
     with server(tmp_path, run_workers=False, max_queue=10_000) as client:
         schema = client.get("/openapi.json").json()["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
         fields = list(schema["application/json"]["schema"]["properties"])
-        assert len(fields) == 19
+        assert len(fields) == 24
         for field in fields:
             for value in odd:
                 body = {"prompt": "x", "duration": 0.5, field: value}
@@ -498,6 +739,7 @@ def test_models_health_metrics_and_openapi(tmp_path: Path) -> None:
         assert info["name"] == "tiny" and info["sample_rate"] == SR and info["device"] == "cpu"
         assert info["max_duration"] == pytest.approx(model().max_duration, abs=1e-3)
         assert (info["default_steps"], info["default_cfg_scale"], info["is_base"]) == (8, 1.0, False)
+        assert info["default_duration"] == pytest.approx(model().default_duration, abs=1e-3) and info["loras"] == []
         health = client.get("/healthz").json()
         assert health["status"] == "ok" and health["workers"] == {"tiny": True}
         wait(client, submit(client, prompt="x", duration=0.5, batch_size=2))
@@ -513,7 +755,13 @@ def test_models_health_metrics_and_openapi(tmp_path: Path) -> None:
         spec = client.get("/openapi.json").json()
         body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
         assert set(body) == {"application/json", "multipart/form-data"}
-        assert "prompt" in body["application/json"]["schema"]["properties"]
+        properties = body["application/json"]["schema"]["properties"]
+        assert {"prompt", "inpaint_paste_back", "clamp", "dist_shift", "sample_size", "loras"} <= set(properties)
+        assert properties["loras"]["anyOf"][0]["items"]["properties"].keys() == {"name", "strength"}
+        assert "$ref" not in json.dumps(body)  # every schema is inline: nothing points outside the document
+        assert {"default_duration", "max_sample_size", "loras"} <= set(
+            spec["components"]["schemas"]["ModelInfo"]["properties"]
+        )
         assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/audio", "/v1/models", "/healthz", "/metrics"} <= set(
             spec["paths"]
         )
@@ -524,6 +772,11 @@ def test_serve_command_line_defaults_to_localhost() -> None:
     assert args.host == "127.0.0.1"
     config = config_from_args(args)
     assert config.models == ["tiny=/models/tiny"] and config.max_batch == 8 and config.api_key == "k"
+    args = build_parser().parse_args(["--lora", "drums=/l/d.safetensors", "--lora", "/l/piano.safetensors"])
+    assert config_from_args(args).loras == {"drums": "/l/d.safetensors", "piano": "/l/piano.safetensors"}
+    assert config.loras == {}
+    with pytest.raises(SystemExit, match="the name 'a' is given twice"):
+        main(["--lora", "a=/x.safetensors", "--lora", "a=/y.safetensors"])
     with pytest.raises(ValueError, match="max_queue=0 is invalid"):
         ServerConfig(max_queue=0)
     with pytest.raises(SystemExit, match="the name 'a' is given twice"):

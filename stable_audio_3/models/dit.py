@@ -112,13 +112,16 @@ class Attention(nn.Module):
         key_mask: torch.Tensor | None = None,
         value_mask: torch.Tensor | None = None,
         backend: str = "auto",
+        context_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (B, N, E) -> (B, N, E). `rope` angles apply to q and k; `key_mask` (B, 1, 1, N) hides
-        keys; `value_mask` (B, 1, N, 1) multiplies the values (the "zero-values" padding)."""
+        keys; `value_mask` (B, 1, N, 1) multiplies the values (the "zero-values" padding);
+        `context_kv` is to_kv(context) when the caller already has it."""
         # Chunk orders of the checkpoints: q, k, v[, q', k'] (self); q[, q'] and k[, k'], v (cross).
         if self.cross:
             qs = self.to_q(x).chunk(2 if self.differential else 1, dim=-1)
-            *ks, v = self.to_kv(context).chunk(3 if self.differential else 2, dim=-1)
+            kv = self.to_kv(context) if context_kv is None else context_kv
+            *ks, v = kv.chunk(3 if self.differential else 2, dim=-1)
         elif self.differential:
             q, k, v, q_diff, k_diff = self.to_qkv(x).chunk(5, dim=-1)
             qs, ks = (q, q_diff), (k, k_diff)
@@ -170,36 +173,72 @@ class TransformerBlock(nn.Module):
         modulation: torch.Tensor,
         local_add_cond: torch.Tensor | None,
         rope: torch.Tensor,
-        valid: torch.Tensor | None,
-        exclude_padding: bool,
+        padding: Padding,
         backend: str,
+        cache: dict | None = None,
     ) -> torch.Tensor:
-        """x (B, N, E); modulation (B, 6E) from the global embedding; valid (B, N) bool or None."""
+        """x (B, N, E); modulation (B, 6E) from the global embedding; `padding` says which tokens get
+        self-attention and feed-forward updates; `cache` memoises step-invariant projections."""
         scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + modulation).unsqueeze(1).chunk(6, dim=-1)
         )
-        key_mask = value_mask = None
-        if valid is not None and exclude_padding:
-            key_mask = valid[:, None, None, :]
-        elif valid is not None:
-            value_mask = valid[:, None, :, None]
-
-        h = self.pre_norm(x) * (1 + scale_sa) + shift_sa
-        h = self.self_attn(h, rope=rope, key_mask=key_mask, value_mask=value_mask, backend=backend)
-        if key_mask is not None:  # padded queries get no self-attention update
-            h = torch.where(valid[..., None], h, torch.zeros_like(h))
+        n = padding.active
         # The gate enters as sigmoid(1 - gate), as the checkpoints were trained.
-        x = x + h * torch.sigmoid(1 - gate_sa)
+        h = self.pre_norm(x[:, :n]) * (1 + scale_sa) + shift_sa
+        h = self.self_attn(h, rope=rope[:n], key_mask=padding.key_mask, value_mask=padding.value_mask, backend=backend)
+        x = padding.add_update(x, h * torch.sigmoid(1 - gate_sa))
 
-        x = x + self.cross_attn(self.cross_attend_norm(x), context=context, backend=backend)
+        kv = cached(cache, (id(self), "kv", context.shape[0]), lambda: self.cross_attn.to_kv(context))
+        x = x + self.cross_attn(self.cross_attend_norm(x), context=context, context_kv=kv, backend=backend)
 
         if local_add_cond is not None:
-            x = x + align_right(self.to_local_embed(local_add_cond), x.shape[1])
+            local = cached(cache, (id(self), "local", local_add_cond.shape[0]),
+                           lambda: self.to_local_embed(local_add_cond))
+            x = x + align_right(local, x.shape[1])
 
-        h = self.ff(self.ff_norm(x) * (1 + scale_ff) + shift_ff)
-        if key_mask is not None:  # and no feed-forward update either
-            h = torch.where(valid[..., None], h, torch.zeros_like(h))
-        return x + h * torch.sigmoid(1 - gate_ff)
+        h = self.ff(self.ff_norm(x[:, :n]) * (1 + scale_ff) + shift_ff)
+        return padding.add_update(x, h * torch.sigmoid(1 - gate_ff))
+
+
+def cached(cache: dict | None, key: tuple, compute) -> torch.Tensor:
+    """compute(), memoised in `cache` (one generate() call's step-invariant values) when one is given."""
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+class Padding:
+    """Which tokens get self-attention and feed-forward updates, worked out once per DiT pass.
+
+    "exclude": padded tokens are no keys and get no update, so only the first `active` tokens (the
+    memory tokens and the longest item's valid latents) are computed at all; a key mask is needed
+    only when items of the batch differ in length. "zero-values": every token is computed, padded
+    values are zeroed.
+    """
+
+    def __init__(self, valid: torch.Tensor | None, exclude: bool, length: int):
+        self.active, self.key_mask, self.value_mask, self.valid = length, None, None, None
+        if valid is None:
+            return
+        if not exclude:
+            self.value_mask = valid[:, None, :, None]
+            return
+        positions = torch.arange(1, length + 1, device=valid.device)
+        self.active = int((valid * positions).amax())  # one past the last valid token of any item
+        active_valid = valid[:, : self.active]
+        if not bool(active_valid.all()):
+            self.valid = active_valid[..., None]
+            self.key_mask = active_valid[:, None, None, :]
+
+    def add_update(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """x + update on the active tokens (masked to the valid ones); the rest unchanged."""
+        if self.valid is not None:
+            update = torch.where(self.valid, update, torch.zeros_like(update))
+        if self.active == x.shape[1]:
+            return x + update
+        return torch.cat([x[:, : self.active] + update, x[:, self.active :]], dim=1)
 
 
 def align_right(emb: torch.Tensor, length: int) -> torch.Tensor:
@@ -250,6 +289,7 @@ class ContinuousTransformer(nn.Module):
         padding_mask: torch.Tensor | None,
         exclude_padding: bool,
         backend: str,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """x (B, T, C_in), context (B, S, E), global_embed (B, E), local (B, T, C_local) -> (B, T, C_out)."""
         b = x.shape[0]
@@ -262,8 +302,9 @@ class ContinuousTransformer(nn.Module):
         if padding_mask is not None:  # memory tokens are always valid
             memory = padding_mask.new_ones(b, self.num_memory_tokens)
             valid = torch.cat([memory, padding_mask], dim=1)
+        padding = Padding(valid, exclude_padding, x.shape[1])
         for layer in self.layers:
-            x = layer(x, context, modulation, local_add_cond, rope, valid, exclude_padding, backend)
+            x = layer(x, context, modulation, local_add_cond, rope, padding, backend, cache)
         return self.project_out(x[:, self.num_memory_tokens :])
 
 
@@ -385,20 +426,27 @@ class DiffusionTransformer(nn.Module):
         local_add_cond: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         attention_padding: str = "exclude",
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """One unguided pass. x (B, C, T), t (B,), cross_attn_cond (B, S, 768), global_cond (B, 768),
-        local_add_cond (B, C+1, T), padding_mask (B, T) bool (True = valid) -> velocity (B, C, T)."""
+        local_add_cond (B, C+1, T), padding_mask (B, T) bool (True = valid) -> velocity (B, C, T).
+
+        `cache`: a dict kept across the steps of one sampling run, where the projections that do not
+        change between steps (conditioning tokens, cross-attention keys and values, local-add
+        embeddings) are stored the first time; None computes everything on every call."""
         exclude = check_attention_padding(attention_padding) == "exclude"
         dtype = self.dtype
         x = x.to(dtype)
-        context = self.to_cond_embed(cross_attn_cond.to(dtype))
+        context = cached(cache, ("context", x.shape[0]), lambda: self.to_cond_embed(cross_attn_cond.to(dtype)))
         # t is rounded to the model dtype before the features, as the checkpoints saw it.
         features = expo_fourier_features(t.to(dtype), self.timestep_features_dim)
         global_embed = self.to_global_embed(global_cond.to(dtype)) + self.to_timestep_embed(features)
         x = self.preprocess_conv(x) + x
         local = None if local_add_cond is None else local_add_cond.to(dtype).transpose(1, 2)
         mask = None if padding_mask is None else padding_mask.bool()
-        out = self.transformer(x.transpose(1, 2), context, global_embed, local, mask, exclude, self.attention_backend)
+        out = self.transformer(
+            x.transpose(1, 2), context, global_embed, local, mask, exclude, self.attention_backend, cache
+        )
         out = out.transpose(1, 2)
         return self.postprocess_conv(out) + out
 
@@ -419,6 +467,7 @@ class DiffusionTransformer(nn.Module):
         cfg_norm_threshold: float = 0.0,
         scale_phi: float = 0.0,
         attention_padding: str = "exclude",
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """Velocity, guided when cfg_scale != 1 and t[0] lies in `cfg_interval` (see `guidance`).
 
@@ -431,7 +480,9 @@ class DiffusionTransformer(nn.Module):
         if padding_mask is not None:
             padding_mask = padding_mask.bool()
         if not cfg_applies(cfg_scale, float(t[0]), cfg_interval):
-            return self.velocity(x, t, cross_attn_cond, global_cond, local_add_cond, padding_mask, attention_padding)
+            return self.velocity(
+                x, t, cross_attn_cond, global_cond, local_add_cond, padding_mask, attention_padding, cache
+            )
 
         dtype = self.dtype
         x = x.to(dtype)
@@ -450,6 +501,7 @@ class DiffusionTransformer(nn.Module):
             twice(local_add_cond),
             twice(padding_mask),
             attention_padding,
+            cache,
         )
         cond_v, uncond_v = v.chunk(2, dim=0)
         return guided_velocity(

@@ -25,14 +25,26 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from .config import ServerConfig, model_specs
-from .jobs import CANCELLED, COMPLETED, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, new_job_id
+from .config import ServerConfig, check_lora_files, model_specs
+from .jobs import (
+    CANCELLED,
+    COMPLETED,
+    FINISHED,
+    JOB_ID,
+    QUEUED,
+    RUNNING,
+    Job,
+    JobStore,
+    new_job_id,
+    write_float_wav,
+)
 from .schema import (
     AUDIO_ROLES,
     GenerateRequest,
     JobCreated,
     JobInfo,
     ModelInfo,
+    ModelLimits,
     RequestError,
     batch_key,
     field_name,
@@ -67,6 +79,7 @@ class ServerState:
         self.metrics = Metrics()
         self.store: JobStore | None = None
         self.started = time.time()
+        self.model_loras: dict[str, list[str]] = {}  # model name -> the configured LoRA names that fit it
 
     def start(self) -> None:
         if not self.models:
@@ -75,6 +88,7 @@ class ServerState:
             for name, source in model_specs(self.config.models).items():
                 log.info("loading model %s from %s", name, source)
                 self.models[name] = StableAudioModel.from_pretrained(source, device=self.config.device)
+        self.check_loras()
         self.store = JobStore(self.config.data_dir)
         if self.config.run_workers and self.config.recover_all_running:
             requeued = self.store.requeue_running()
@@ -86,6 +100,34 @@ class ServerState:
                 self.workers[name] = Worker(name, model, self.store, self.config, self.metrics)
                 self.workers[name].start()
         log.info("serving models %s from %s", ", ".join(self.models), self.config.data_dir)
+
+    def check_loras(self) -> None:
+        """Load each configured LoRA onto each model once (then unload it): a LoRA is offered for the models it
+        fits; one that is missing, unreadable or fits none of them stops the server with the reason."""
+        from ..models.lora import LoraError
+
+        check_lora_files(self.config.loras)
+        self.model_loras = {name: [] for name in self.models}
+        for lora, path in self.config.loras.items():
+            problems = []
+            for name, model in self.models.items():
+                model.unload_lora()
+                try:
+                    model.load_lora([path])
+                except LoraError as e:
+                    problems.append(f"model {name!r}: {e}")
+                    log.warning("LoRA %s (%s) does not fit model %s; not offered for it: %s", lora, path, name, e)
+                else:
+                    self.model_loras[name].append(lora)
+                finally:
+                    model.unload_lora()
+            if len(problems) == len(self.models):
+                raise ValueError(f"--lora {lora}={path} cannot be used with any model served:\n" + "\n".join(problems))
+        if self.config.loras:
+            log.info("LoRAs offered: %s", {m: names for m, names in self.model_loras.items()})
+
+    def limits(self, name: str) -> ModelLimits:
+        return ModelLimits.of(name, self.models[name], self.model_loras.get(name, ()))
 
     def stop(self) -> None:
         for worker in self.workers.values():
@@ -243,10 +285,28 @@ def _json(raw: bytes, field: str) -> dict:
     return value
 
 
+def inline_refs(schema: dict) -> dict:
+    """A pydantic JSON schema with its `$defs` put in place: embedded in the OpenAPI document, a
+    '#/$defs/...' reference would point at nothing."""
+    defs = schema.get("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return resolve({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: resolve(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 GENERATE_BODY = {
     "required": True,
     "content": {
-        "application/json": {"schema": GenerateRequest.model_json_schema()},
+        "application/json": {"schema": inline_refs(GenerateRequest.model_json_schema())},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -364,11 +424,8 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             raise RequestError(
                 422, "model", f"model={name!r} is not served here; available: " + ", ".join(state.models)
             )
-        model = state.models[name]
         durations = {role: audio.shape[-1] / sr for role, (audio, sr) in uploads.items()}
-        params, seeds = resolve_request(
-            req, name, model.max_duration, model.is_base, config.max_batch, config.max_total_seconds, durations
-        )
+        params, seeds = resolve_request(req, state.limits(name), config.max_batch, config.max_total_seconds, durations)
         if state.store.count(QUEUED) >= config.max_queue:  # cheap early refusal; `add` checks again atomically
             raise queue_full()
         job_id = new_job_id()
@@ -446,12 +503,15 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
                 "name": name,
                 "sample_rate": m.sample_rate,
                 "max_duration": round(m.max_duration, 3),
+                "default_duration": round(m.default_duration, 3),
+                "max_sample_size": int(m.components.max_samples),
                 "is_base": m.is_base,
-                "default_steps": 50 if m.is_base else 8,
-                "default_cfg_scale": 7.0 if m.is_base else 1.0,
+                "default_steps": m.recommended_steps,
+                "default_cfg_scale": m.recommended_cfg_scale,
                 "device": str(m.device),
                 "queued": counts.get((name, QUEUED), 0),
                 "running": counts.get((name, RUNNING), 0),
+                "loras": list(state.model_loras.get(name, [])),
             }
             for name, m in state.models.items()
         ]
@@ -477,13 +537,12 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
 
 
 def _save_uploads(store: JobStore, job_id: str, uploads: dict[str, tuple]) -> dict[str, str]:
-    """Decoded uploads -> float WAV files under names we choose, in the job's own folder."""
-    from ..audio import write_audio
-
+    """Decoded uploads -> float WAV files (the decoded samples exactly) under names we choose, in the job's
+    own folder."""
     inputs = {}
     for role, (audio, sr) in uploads.items():
         name = f"input_{role}.wav"
-        write_audio(store.file_path(job_id, name), audio, sr, subtype="FLOAT")
+        write_float_wav(store.file_path(job_id, name), audio, sr)
         inputs[role] = name
     return inputs
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("stable_audio_3.server")
 
+LORA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DEFAULT_DATA_DIR = Path(os.environ.get("SA3_SERVER_DATA", Path.home() / ".cache" / "stable-audio-3" / "server"))
 
 
@@ -33,9 +35,19 @@ class ServerConfig:
     recover_all_running: bool = True  # at start, requeue every 'running' job (one server per data dir)
     poll_interval_s: float = 0.5  # how often idle workers look for jobs queued by other processes
     noise_device: str | None = None  # "cpu": the same seed gives the same audio on every device
+    # LoRA files requests may name: {name: path}. Callers name them; they never see or give paths.
+    loras: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)
+        if not isinstance(self.loras, dict):
+            raise ValueError(f"loras={self.loras!r} is invalid; a dict {{name: path}} is required")
+        for name, path in self.loras.items():
+            if not isinstance(name, str) or not LORA_NAME.match(name):
+                raise ValueError(f"LoRA name {name!r} is invalid; use 1-64 letters, digits, '.', '_' or '-'")
+            if not isinstance(path, (str, os.PathLike)) or not str(path):
+                raise ValueError(f"LoRA {name!r}: path {path!r} is invalid; a file path is required")
+        self.loras = {name: str(path) for name, path in self.loras.items()}
         for name in ("max_queue", "max_batch", "max_upload_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; a positive integer is required")
@@ -60,6 +72,31 @@ def model_specs(specs: list[str]) -> dict[str, str]:
             raise ValueError(f"--model: the name {name!r} is given twice; name them with NAME=...")
         out[name] = source
     return out
+
+
+def lora_specs(specs: list[str]) -> dict[str, str]:
+    """["drums=/loras/drums.safetensors", "/loras/piano.safetensors"] -> {name: path}; a bare path is named
+    after its file (without the extension); names must be unique."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path, name = spec, Path(spec).stem
+        if not name or not path:
+            raise ValueError(f"--lora {spec!r} is invalid; use NAME=PATH")
+        if not LORA_NAME.match(name):
+            raise ValueError(f"--lora {spec!r}: the name {name!r} is invalid; use letters, digits, '.', '_' or '-'")
+        if name in out:
+            raise ValueError(f"--lora: the name {name!r} is given twice")
+        out[name] = path
+    return out
+
+
+def check_lora_files(loras: dict[str, str]) -> None:
+    """Every configured LoRA file exists (a ValueError naming the first that does not)."""
+    for name, path in loras.items():
+        if not Path(path).is_file():
+            raise ValueError(f"--lora {name}={path}: file not found")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -110,6 +147,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         dest="expiry_hours",
         help="hours finished jobs and their audio are kept",
     )
+    p.add_argument(
+        "--lora",
+        action="append",
+        dest="loras",
+        metavar="NAME=PATH",
+        help='a LoRA file requests may use by NAME ("loras": [{"name": NAME, "strength": 1.0}]); repeatable',
+    )
     p.add_argument("--noise-device", default=None, help="'cpu' draws noise on the CPU (same audio on every device)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
@@ -130,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         job_timeout_s=args.job_timeout_s,
         expiry_s=args.expiry_hours * 3600,
         noise_device=args.noise_device,
+        loras=lora_specs(args.loras or []),
     )
 
 
@@ -145,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         model_specs(config.models)
+        check_lora_files(config.loras)
     except ValueError as e:
         raise SystemExit(f"stable-audio serve: {e}") from e
     if args.host not in ("127.0.0.1", "localhost", "::1") and not config.api_key:

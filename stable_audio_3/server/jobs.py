@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -105,6 +106,27 @@ class Job:
             outputs=json.loads(row["outputs"] or "[]"),
             timings=json.loads(row["timings"] or "{}"),
         )
+
+
+def write_float_wav(path: Path, audio, sample_rate: int) -> Path:
+    """(C, T) audio -> a 32-bit float WAV holding exactly these samples (no clamping, unlike
+    `audio.write_audio`: uploads are kept as given and `clamp=false` outputs keep their peaks), atomically."""
+    import soundfile as sf
+
+    data = audio.detach().float().cpu().numpy().T
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, data, sample_rate, format="WAV", subtype="FLOAT")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def new_job_id() -> str:

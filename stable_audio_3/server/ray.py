@@ -9,7 +9,7 @@ local path; across nodes it must be a shared file system that supports SQLite lo
     from stable_audio_3.server.ray import build_app
 
     serve.run(build_app(models=["small-music"], data_dir="/shared/sa3", min_replicas=1,
-                        max_replicas=8), route_prefix="/")
+                        max_replicas=8, loras={"drums": "/shared/loras/drums.safetensors"}), route_prefix="/")
 
 Ray is imported only here, and only when `build_app` / `deployment_class` are called.
 """
@@ -59,7 +59,9 @@ def build_app(
 
     - `num_replicas`: a fixed count; otherwise Ray autoscales between `min_replicas` and `max_replicas`.
     - `num_gpus` per replica (1: one replica per GPU; 0 for CPU replicas).
-    - `config`: any other `ServerConfig` field (api_key, max_queue, max_batch, job_timeout_s, ...).
+    - `config`: any other `ServerConfig` field (api_key, max_queue, max_batch, job_timeout_s, ...), e.g.
+      `loras={"drums": "/shared/loras/drums.safetensors"}` (the LoRA names requests may use; every replica
+      checks at start that each file exists and fits a model it serves, as `stable-audio serve --lora` does).
     """
     from ray import serve
 

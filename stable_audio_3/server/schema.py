@@ -6,10 +6,12 @@ Every refusal is a `RequestError` naming the offending field, so clients get
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import secrets
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +19,7 @@ SAMPLER_TYPES = ("pingpong", "euler", "rk4", "dpmpp")
 AUDIO_ROLES = ("init_audio", "inpaint_audio")
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
+MAX_LORAS = 8  # LoRAs one request may stack
 
 
 class RequestError(Exception):
@@ -42,6 +45,15 @@ Prompt = str
 Seconds = float
 
 
+class LoraRequest(BaseModel):
+    """One LoRA to apply: a name the server was started with (`--lora NAME=PATH`) and its strength."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str = Field(..., description="a LoRA name from GET /v1/models (`loras`)")
+    strength: float = Field(1.0, description="any finite number: 0 is the base model, 1 the LoRA as trained")
+
+
 class GenerateRequest(BaseModel):
     """The controls of `StableAudioModel.generate`, as JSON. Lists give one value per item."""
 
@@ -50,7 +62,9 @@ class GenerateRequest(BaseModel):
     model: str | None = Field(None, description="a name from GET /v1/models (default: the first one)")
     prompt: str | list[str] = Field(..., description="text prompt, or one per item")
     negative_prompt: str | list[str] | None = Field(None, description="used when cfg_scale != 1")
-    duration: float | list[float] | None = Field(None, description="seconds (default: min(120, model maximum))")
+    duration: float | list[float] | None = Field(
+        None, description="seconds (default: the model's default_duration, see GET /v1/models)"
+    )
     batch_size: int = Field(1, ge=1, description="number of items (outputs) for this request")
     seed: int | list[int] = Field(
         -1,
@@ -72,6 +86,29 @@ class GenerateRequest(BaseModel):
     )
     inpaint_mask_end_seconds: float | list[float] | None = None
     continuation: bool = Field(False, description="keep all of inpaint_audio and continue it up to duration")
+    inpaint_paste_back: bool = Field(
+        False,
+        description="put inpaint_audio back exactly over the kept parts of the result (20 ms crossfades inside "
+        "each regenerated region); needs inpaint_audio with inpaint_mask_*_seconds or continuation",
+    )
+    dist_shift: dict[str, Any] | None = Field(
+        None,
+        description="timestep distribution shift: {'type': 'logsnr' | 'full' | 'flux' | 'none', ...its options} "
+        "(logsnr: anchor_length, anchor_logsnr, rate, logsnr_end; full: base_shift, max_shift, max_length, "
+        "min_length, use_sine; flux: min_length, max_length, alpha_min, alpha_max); null: the model config's",
+    )
+    sample_size: int | None = Field(
+        None,
+        ge=1,
+        description="cap on the audio samples generated (default and maximum: the model's max_sample_size, "
+        "see GET /v1/models); at least one latent (4096 samples)",
+    )
+    clamp: bool = Field(True, description="false: unclamped audio (the WAV output is 32-bit float)")
+    loras: list[LoraRequest] | None = Field(
+        None,
+        max_length=MAX_LORAS,
+        description="LoRAs to stack, in order, by the names the server was started with (GET /v1/models)",
+    )
 
 
 class BatchInfo(BaseModel):
@@ -115,12 +152,45 @@ class ModelInfo(BaseModel):
     name: str
     sample_rate: int
     max_duration: float
+    default_duration: float = Field(..., description="seconds generated when a request gives no duration")
+    max_sample_size: int = Field(..., description="the largest sample_size a request may give")
     is_base: bool
     default_steps: int
     default_cfg_scale: float
     device: str
     queued: int
     running: int
+    loras: list[str] = Field(..., description="LoRA names requests may use with this model")
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What `resolve_request` needs to know about the model a request names."""
+
+    name: str
+    sample_rate: int
+    max_samples: int  # the model's longest output in audio samples (its config's sample_size)
+    latent_samples: int  # audio samples per latent (the autoencoder's downsampling ratio)
+    default_duration: float
+    is_base: bool
+    loras: tuple[str, ...] = ()
+
+    @property
+    def max_duration(self) -> float:
+        return self.max_samples / self.sample_rate
+
+    @classmethod
+    def of(cls, name: str, model, loras=()) -> ModelLimits:
+        """The limits of a loaded `StableAudioModel`."""
+        return cls(
+            name=name,
+            sample_rate=int(model.sample_rate),
+            max_samples=int(model.components.max_samples),
+            latent_samples=int(model.autoencoder.downsampling_ratio),
+            default_duration=float(model.default_duration),
+            is_base=bool(model.is_base),
+            loras=tuple(loras),
+        )
 
 
 def field_name(loc: tuple) -> str:
@@ -141,6 +211,8 @@ def field_name(loc: tuple) -> str:
             "function-after",
             "literal['pingpong','euler','rk4','dpmpp']",
             "none",
+            "list[LoraRequest]",
+            "dict[str,any]",
         ):
             continue
         else:
@@ -170,17 +242,51 @@ def _regions(value, name: str) -> list[float] | None:
     return [float(v) for v in values]
 
 
+def check_dist_shift(value: dict | None, max_latents: int) -> dict | None:
+    """A `dist_shift` object as `shift_from_options` takes it, or a 422 naming `dist_shift`: a known type,
+    only that type's options, numbers (booleans where the option is one), and a finite schedule."""
+    if value is None:
+        return None
+    import torch
+
+    from ..sampling import SHIFT_TYPES, shift_from_options
+
+    if not isinstance(value.get("type", "full"), str):
+        raise RequestError(422, "dist_shift", f"dist_shift.type={value['type']!r} is invalid; a type name is required")
+    try:
+        shift = shift_from_options(value)
+    except ValueError as e:
+        raise RequestError(422, "dist_shift", f"dist_shift: {e}") from None
+    options = inspect.signature(SHIFT_TYPES[value.get("type", "full")]).parameters
+    for key, v in value.items():
+        if key == "type":
+            continue
+        if isinstance(options[key].default, bool):
+            ok, kind = isinstance(v, bool), "true or false"
+        else:
+            ok, kind = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number"
+        if not ok:
+            raise RequestError(422, "dist_shift", f"dist_shift.{key}={v!r} is invalid; {kind} is required")
+    lengths = torch.tensor([1.0, 2.0, 16.0, 256.0, 2048.0, float(max(1, max_latents))])
+    try:
+        schedule = shift.shift(torch.linspace(1, 0, 33), lengths)
+    except (ArithmeticError, ValueError, TypeError, RuntimeError) as e:
+        raise RequestError(422, "dist_shift", f"dist_shift: these options give no schedule ({e})") from None
+    if not bool(torch.isfinite(schedule).all()):
+        raise RequestError(422, "dist_shift", "dist_shift: these options give a schedule with NaN or infinite steps")
+    return dict(value)
+
+
 def resolve_request(
     req: GenerateRequest,
-    model_name: str,
-    model_max_duration: float,
-    is_base: bool,
+    model: ModelLimits,
     max_items: int,
     max_total_seconds: float,
     uploads: dict[str, float],
 ) -> tuple[dict, list[int]]:
     """Validate a request against the model and the server limits; returns (generate kwargs without the
     audio and seed, per-item seeds). `uploads`: the audio roles given, with their durations in seconds."""
+    model_name, model_max_duration = model.name, model.max_duration
     n = req.batch_size
     if n > max_items:
         raise RequestError(422, "batch_size", f"batch_size={n} is too large; this server allows at most {max_items}")
@@ -192,9 +298,8 @@ def resolve_request(
     for p in negatives or []:
         if len(p) > MAX_PROMPT_CHARS:
             raise RequestError(422, "negative_prompt", f"negative_prompt is too long; at most {MAX_PROMPT_CHARS}")
-    default_duration = min(120.0, model_max_duration)
     durations = [
-        float(d) for d in _per_item(req.duration if req.duration is not None else default_duration, n, "duration")
+        float(d) for d in _per_item(req.duration if req.duration is not None else model.default_duration, n, "duration")
     ]
     for d in durations:
         if not 0 < d <= model_max_duration + 1e-9:
@@ -211,6 +316,22 @@ def resolve_request(
             f"duration x batch_size = {sum(durations):g} s is too much; this server "
             f"allows at most {max_total_seconds:g} s per request",
         )
+    if req.sample_size is not None:
+        if not model.latent_samples <= req.sample_size <= model.max_samples:
+            raise RequestError(
+                422,
+                "sample_size",
+                f"sample_size={req.sample_size} is invalid; model {model_name!r} allows {model.latent_samples} "
+                f"(one latent) to {model.max_samples} audio samples",
+            )
+        if max(durations) > req.sample_size / model.sample_rate + 1e-9:
+            given = "duration" if req.duration is not None else "the default duration"
+            raise RequestError(
+                422,
+                "sample_size",
+                f"sample_size={req.sample_size} holds {req.sample_size / model.sample_rate:.3f} s, less than "
+                f"{given} ({max(durations):g} s); raise sample_size or shorten duration",
+            )
     lo, hi = req.cfg_interval
     if not 0 <= lo <= hi <= 1:
         raise RequestError(422, "cfg_interval", f"cfg_interval={[lo, hi]} is invalid; 0 <= low <= high <= 1 required")
@@ -231,6 +352,13 @@ def resolve_request(
                 raise RequestError(
                     422, "inpaint_mask_end_seconds", f"region [{s:g}, {e:g}] is empty; start < end is required"
                 )
+    if req.inpaint_paste_back and ("inpaint_audio" not in uploads or (starts is None and not req.continuation)):
+        raise RequestError(
+            422,
+            "inpaint_paste_back",
+            "inpaint_paste_back needs an 'inpaint_audio' file and the regions to regenerate "
+            "(inpaint_mask_start_seconds / inpaint_mask_end_seconds) or continuation",
+        )
     if (starts is not None or req.continuation) and "inpaint_audio" not in uploads:
         field = "continuation" if req.continuation else "inpaint_mask_start_seconds"
         raise RequestError(422, field, "inpainting and continuation need an 'inpaint_audio' file (multipart upload)")
@@ -241,6 +369,20 @@ def resolve_request(
             f"continuation: duration={max(durations):g} must be longer than the "
             f"inpaint audio ({uploads['inpaint_audio']:.2f} s)",
         )
+
+    dist_shift = check_dist_shift(req.dist_shift, -(-model.max_samples // model.latent_samples))
+    loras = []
+    for i, lora in enumerate(req.loras or []):
+        if lora.name not in model.loras:
+            offered = ", ".join(map(repr, model.loras)) or "none (the server was started without --lora)"
+            raise RequestError(
+                422,
+                f"loras[{i}].name",
+                f"LoRA {lora.name!r} is not offered for model {model_name!r}; available: {offered}",
+            )
+        if not math.isfinite(lora.strength):
+            raise RequestError(422, f"loras[{i}].strength", f"strength={lora.strength!r} is invalid; a finite number")
+        loras.append({"name": lora.name, "strength": float(lora.strength)})
 
     given = req.seed if isinstance(req.seed, list) else [req.seed]
     if isinstance(req.seed, int) and req.seed >= 0:
@@ -262,8 +404,8 @@ def resolve_request(
         "prompt": prompts,
         "negative_prompt": negatives,
         "duration": durations,
-        "steps": req.steps if req.steps is not None else (50 if is_base else 8),
-        "cfg_scale": req.cfg_scale if req.cfg_scale is not None else (7.0 if is_base else 1.0),
+        "steps": req.steps if req.steps is not None else model.recommended_steps,
+        "cfg_scale": req.cfg_scale if req.cfg_scale is not None else model.recommended_cfg_scale,
         "apg_scale": req.apg_scale,
         "sampler_type": req.sampler_type,
         "cfg_interval": [lo, hi],
@@ -275,14 +417,19 @@ def resolve_request(
         "inpaint_mask_start_seconds": starts,
         "inpaint_mask_end_seconds": ends,
         "continuation": req.continuation,
+        "inpaint_paste_back": req.inpaint_paste_back,
+        "dist_shift": dist_shift,
+        "sample_size": req.sample_size,
+        "clamp": req.clamp,
+        "loras": loras,
     }
     return params, seeds
 
 
 def batch_key(model: str, params: dict, has_audio: bool) -> str | None:
     """Jobs with equal keys can share one generate() call and still give the audio each gives alone:
-    text-to-audio with the same model, sampling and guidance settings and one common duration.
-    Jobs with audio inputs or per-item durations run alone (their inputs are shared by a whole batch)."""
+    text-to-audio with the same model, sampling and guidance settings, LoRAs and strengths, and one common
+    duration. Jobs with audio inputs or per-item durations run alone (their inputs are shared by a whole batch)."""
     durations = params["duration"]
     if has_audio or params["inpaint_mask_start_seconds"] is not None or params["continuation"]:
         return None

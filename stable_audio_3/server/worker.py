@@ -13,9 +13,9 @@ import time
 from collections import defaultdict
 
 from .. import GenerationCancelled
-from ..audio import read_audio, write_audio
+from ..audio import read_audio
 from .config import ServerConfig
-from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity
+from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity, write_float_wav
 
 log = logging.getLogger("stable_audio_3.server")
 
@@ -32,6 +32,8 @@ SHARED_ARGS = (
     "init_noise_level",
     "continuation",
 )
+# added later: jobs stored before them lack these and get the Python API's defaults
+SHARED_DEFAULTS = {"inpaint_paste_back": False, "dist_shift": None, "sample_size": None, "clamp": True}
 MAINTENANCE_EVERY_S = 30.0
 
 
@@ -61,6 +63,7 @@ class Worker:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"sa3-worker-{name}", daemon=True)
         self.busy_since: float | None = None
+        self._lora_paths: list[str] | None = None  # the LoRA files this worker loaded, in order (None: unknown)
 
     def start(self) -> None:
         self._thread.start()
@@ -70,6 +73,9 @@ class Worker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if not self._thread.is_alive() and self._lora_paths:  # hand the model back as it was given: no LoRA
+            self.model.unload_lora()
+            self._lora_paths = []
 
     def wake(self) -> None:
         """A job was queued: look now instead of at the next poll."""
@@ -124,6 +130,25 @@ class Worker:
             self._wake.wait(min(remaining, 0.05))
             self._wake.clear()
 
+    # -- LoRAs --------------------------------------------------------------------------------------
+    def _apply_loras(self, loras: list[dict]) -> None:
+        """Make the model's LoRAs those of the job: the files are (re)loaded only when the list of files
+        changes; strengths are set every time. A job without LoRAs leaves none loaded."""
+        paths = []
+        for lora in loras:
+            if lora["name"] not in self.config.loras:  # a job queued before a restart with other --lora options
+                raise ValueError(f"LoRA {lora['name']!r} is not configured on this server (any more)")
+            paths.append(self.config.loras[lora["name"]])
+        if paths != self._lora_paths or len(self.model.loras) != len(paths):
+            self.model.unload_lora()
+            self._lora_paths = []
+            if paths:
+                self.model.load_lora(paths)  # checked first: on failure nothing is loaded
+                log.info("worker %s: LoRAs loaded: %s", self.name, ", ".join(x["name"] for x in loras))
+            self._lora_paths = paths
+        for i, lora in enumerate(loras):
+            self.model.set_lora_strength(float(lora["strength"]), lora_index=i)
+
     # -- one batch ---------------------------------------------------------------------------------
     def _run(self, jobs: list[Job]) -> None:
         ids = [j.id for j in jobs]
@@ -145,7 +170,7 @@ class Worker:
             return None
 
         p = first.params
-        kwargs = {k: p[k] for k in SHARED_ARGS}
+        kwargs = {k: p[k] for k in SHARED_ARGS} | {k: p.get(k, v) for k, v in SHARED_DEFAULTS.items()}
         kwargs["cfg_interval"] = tuple(p["cfg_interval"])
         if p["inpaint_mask_start_seconds"] is not None:
             kwargs["inpaint_mask_start_seconds"] = p["inpaint_mask_start_seconds"]
@@ -156,6 +181,7 @@ class Worker:
         seeds = [s for j in jobs for s in j.seeds]
         log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), len(seeds), ", ".join(ids))
         try:
+            self._apply_loras(p.get("loras") or [])
             for role, filename in first.inputs.items():  # uploads were decoded and re-encoded by the server
                 audio, sr = read_audio(self.store.file_path(first.id, filename))
                 kwargs[role] = (sr, audio)
@@ -203,7 +229,7 @@ class Worker:
                 outputs = []
                 for i, (item, d) in enumerate(zip(items, job.params["duration"], strict=True)):
                     name = f"output_{i}.wav"
-                    write_audio(self.store.file_path(job.id, name), item[:, : int(d * sr)], sr, subtype="FLOAT")
+                    write_float_wav(self.store.file_path(job.id, name), item[:, : int(d * sr)], sr)
                     outputs.append(name)
                     self.metrics.inc("sa3_audio_seconds_total", d, model=self.name)
             except Exception as e:

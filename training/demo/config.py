@@ -1,9 +1,10 @@
 """The demo model's architecture (an official-schema model_config.json) and its training settings.
 
-Everything here is a value the project's model code supports: a single-stage SAME autoencoder at 2048x
-(2048-sample patches x stride 1, 64 latent channels, plain rather than differential attention), a
-narrow DiT, a 2-layer T5Gemma-style encoder. The text encoder's width stays 768 because the prompt
-conditioner fixes it by `model_name` (google/t5gemma-b-b-ul2).
+Everything here is a value the project's model code supports: a single-stage SAME autoencoder at
+4096x like the official ones (4096-sample patches x stride 1, 128 latent channels at 10.77 Hz, plain
+rather than differential attention), a narrow DiT, a 2-layer T5Gemma-style encoder. The text
+encoder's width stays 768 because the prompt conditioner fixes it by `model_name`
+(google/t5gemma-b-b-ul2).
 """
 
 from __future__ import annotations
@@ -11,34 +12,40 @@ from __future__ import annotations
 SAMPLE_RATE = 44100
 MAX_SECONDS = 6.0
 DEFAULT_SECONDS = 3.0
-LATENT_DIM = 64
-PATCH_SIZE = 2048
+LATENT_DIM = 128
+PATCH_SIZE = 4096
 STRIDE = 1
+CHUNK_SIZE = 2  # SAME attention chunks of 2 patches: generate() aligns lengths to 2 latents
 DOWNSAMPLING = PATCH_SIZE * STRIDE
-# sample_size: MAX_SECONDS rounded up to the autoencoder's alignment (chunk_size patches = 8 latents).
-_ALIGN = DOWNSAMPLING * 8
+# sample_size: MAX_SECONDS rounded up to the autoencoder's alignment (66 latents, 6.13 s).
+_ALIGN = DOWNSAMPLING * CHUNK_SIZE
 SAMPLE_SIZE = -(-int(MAX_SECONDS * SAMPLE_RATE) // _ALIGN) * _ALIGN
-TEXT_MAX_LENGTH = 32
+TEXT_MAX_LENGTH = 16
 TEXT_SUBFOLDER = "t5gemma-demo"
+# The DiT's size: 6 blocks of 192 channels (3 heads of 64), 4 memory tokens. It must be wider than
+# the latents: at high noise the velocity is mostly the noise itself, in every latent channel.
+DIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "num_memory_tokens": 4, "ff_mult": 3}
 
 
 def same_config(side: str) -> dict:
     cfg = {
-        "channels": 16,
+        "channels": 32,
         "c_mults": [4],
         "strides": [STRIDE],
         "latent_dim": LATENT_DIM,
-        "transformer_depths": [2],
-        "dim_heads": 32,
-        "differential": False,  # plain attention: differential attention passes ~nothing at init
+        "transformer_depths": [1],
+        "dim_heads": 64,
+        "differential": False,  # plain attention: the closed-form start sets it to copy one token
         "variable_stride": True,
         "dyt": True,
-        "chunk_size": 8,
-        "chunk_midpoint_shift": True,
+        "chunk_size": CHUNK_SIZE,
+        "chunk_midpoint_shift": False,
+        "conv_mapping": False,
+        "mask_noise": 0.0,
     }
     if side == "encoder":
-        return {"in_channels": 2 * PATCH_SIZE, **cfg, "conv_mapping": False, "mask_noise": 0.0}
-    return {"out_channels": 2 * PATCH_SIZE, **cfg, "conv_mapping": True, "sinusoidal_blocks": [0], "mask_noise": 0.0}
+        return {"in_channels": 2 * PATCH_SIZE, **cfg}
+    return {"out_channels": 2 * PATCH_SIZE, **cfg, "sinusoidal_blocks": [0]}
 
 
 def model_config() -> dict:
@@ -46,6 +53,10 @@ def model_config() -> dict:
         "model_type": "diffusion_cond_inpaint",
         "sample_rate": SAMPLE_RATE,
         "sample_size": SAMPLE_SIZE,
+        "default_duration": DEFAULT_SECONDS,
+        # What the CLI, UI and server use when no steps / cfg are given (generate() keeps 8 and 1).
+        "default_steps": 32,
+        "default_cfg_scale": 4.0,
         "audio_channels": 2,
         "model": {
             "io_channels": LATENT_DIM,
@@ -94,7 +105,7 @@ def model_config() -> dict:
             },
             "diffusion": {
                 "type": "dit",
-                "diffusion_objective": "rf_denoiser",
+                "diffusion_objective": "rectified_flow",
                 "cross_attention_cond_ids": ["prompt", "seconds_total"],
                 "global_cond_ids": ["seconds_total"],
                 "local_add_cond_ids": ["inpaint_mask", "inpaint_masked_input"],
@@ -103,13 +114,13 @@ def model_config() -> dict:
                 "config": {
                     "io_channels": LATENT_DIM,
                     "patch_size": 1,
-                    "embed_dim": 128,
-                    "depth": 5,
-                    "num_heads": 2,
+                    "embed_dim": DIT["embed_dim"],
+                    "depth": DIT["depth"],
+                    "num_heads": DIT["num_heads"],
                     "cond_token_dim": 768,
                     "global_cond_dim": 768,
                     "local_add_cond_dim": LATENT_DIM + 1,
-                    "num_memory_tokens": 4,
+                    "num_memory_tokens": DIT["num_memory_tokens"],
                     "transformer_type": "continuous_transformer",
                     "global_cond_type": "adaLN",
                     "timestep_features_type": "expo",
@@ -117,7 +128,7 @@ def model_config() -> dict:
                     "attn_kwargs": {"qk_norm": "rms", "differential": False},
                     "norm_type": "rms_norm",
                     "norm_kwargs": {"force_fp32": True},
-                    "ff_kwargs": {"mult": 3},
+                    "ff_kwargs": {"mult": DIT["ff_mult"]},
                 },
             },
         },
@@ -172,16 +183,14 @@ def text_encoder_config(vocab_size: int) -> dict:
 # Training settings (wall-clock budgets are for 2 CPU cores).
 TRAIN = {
     "seed": 1234,
-    "ae_minutes": 0.0,
-    "ae_batch": 8,
-    "ae_crop_samples": 16384,
-    "ae_lr": 2e-3,
-    "dataset_clips": 1200,
-    "dit_minutes": 30.0,
-    "dit_batch": 12,
-    "dit_lr": 1e-3,
-    "text_lr": 1e-3,
-    "ema_decay": 0.99,
-    "cfg_dropout": 0.1,
-    "inpaint_prob": 0.35,
+    "ae_clips": 1500,
+    "dataset_clips": 6000,
+    "dit_minutes": 50.0,
+    "dit_batch": 16,
+    "dit_lr": 2e-3,
+    "text_lr": 2e-3,
+    "ema_decay": 0.995,
+    "cfg_dropout": 0.05,
+    "inpaint_prob": 0.3,
+    "frame_locked_prob": 0.8,  # share of the DiT's clips made frame-locked (see data.make_clip)
 }

@@ -1,15 +1,18 @@
 """Procedurally generated, labelled audio for the built-in `demo` model.
 
-Every clip is a (prompt, duration, stereo audio) triple drawn from a seeded numpy Generator, so a
-dataset is reproducible from its seed alone. The vocabulary is deliberately small and regular:
+Every clip is a (prompt, duration, audio) triple drawn from a seeded numpy Generator, so a data set
+is reproducible from its seed alone. The audio is mono content in both channels (the demo's
+autoencoder keeps the mid signal only). The vocabulary is deliberately small and regular:
 
-    tones    "<timbre> <note>" / "<timbre> at <hz> hz"     sine, saw, square, triangle; C2..C6
-    plucks   "plucked <timbre> <note>"                    same, with a fast exponential decay
-    chords   "<timbre> <root> major|minor chord"
+    tones    "<timbre> <note>" or "<note> <timbre>"      sine, saw, square, triangle; notes C2..C6
+    plucks   "plucked <timbre> <note>"                  the same, with a fast exponential decay
+    chords   "<timbre> <note> major|minor chord"         root C2..B4
     noise    "white|pink|brown noise"
     silence  "silence"
-    drums    "kick|snare|hihat", "drum beat at <bpm> bpm"
+    drums    "kick drum", "snare drum", "hihat", "drum beat <bpm> bpm" (80..140 in steps of 10)
     sweeps   "rising|falling <timbre> sweep"
+
+A note is one word: a letter, an optional sharp or flat, an octave (`a4`, `c#3`, `bb2`).
 """
 
 from __future__ import annotations
@@ -24,11 +27,19 @@ FLAT_NAMES = {"c#": "db", "d#": "eb", "f#": "gb", "g#": "ab", "a#": "bb"}
 TIMBRES = {
     "sine": ["sine", "sine wave", "pure tone"],
     "saw": ["saw", "sawtooth", "saw synth"],
-    "square": ["square", "square wave", "square synth"],
-    "triangle": ["triangle", "triangle wave", "soft triangle"],
+    "square": ["square", "square wave"],
+    "triangle": ["triangle", "triangle wave"],
 }
-NOTE_RANGE = (36, 84)  # MIDI C2 .. C6
+NOTE_RANGE = (36, 84)  # MIDI C2 .. C6, both included
+CHORD_ROOTS = (36, 71)  # C2 .. B4
+BPMS = (80, 90, 100, 110, 120, 130, 140)
 MIN_SECONDS, MAX_SECONDS = 1.0, 6.0
+# Most tonal clips start every oscillator at phase 0: then a prompt fixes the waveform, not only its
+# spectrum, and the DiT learns to follow the prompt far faster (with random phases the clean-audio
+# estimate at high noise is ~0 whatever the prompt says). The rest keep random phases.
+FRAME_FADE = 88  # samples (2 ms) of fade at each frame edge of frame-locked clips
+NOISE_RMS = (0.15, 0.25)  # noise is levelled by RMS (peaks clipped at 0.99): white noise stays audible
+KINDS = {"tone": 0.52, "pluck": 0.08, "chord": 0.1, "noise": 0.08, "silence": 0.06, "drums": 0.09, "sweep": 0.07}
 
 
 def midi_to_hz(midi: float) -> float:
@@ -55,7 +66,7 @@ def name_to_midi(name: str) -> int:
 class Clip:
     prompt: str
     seconds: float
-    audio: np.ndarray  # (2, int(seconds * SAMPLE_RATE)) float32
+    audio: np.ndarray  # (2, int(seconds * SAMPLE_RATE)) float32, both channels equal
     kind: str
     pitch_hz: float | None = None
 
@@ -64,37 +75,58 @@ class Clip:
 
 
 def oscillator(timbre: str, phase: np.ndarray, max_hz: float) -> np.ndarray:
-    """Band-limited waveform from a phase track (cycles); harmonics stop below 6 kHz to stay clean."""
+    """Band-limited waveform from a phase track (cycles); harmonics stop below 5 kHz."""
     if timbre == "sine":
         return np.sin(2 * np.pi * phase)
-    n_harm = int(max(1, min(12, 6000 // max(max_hz, 1.0))))
+    n_harm = int(max(1, min(16, 5000 // max(max_hz, 1.0))))
     out = np.zeros_like(phase)
     for k in range(1, n_harm + 1):
         if timbre == "saw":
-            out += np.sin(2 * np.pi * k * phase) / k * 0.6
+            out += np.sin(2 * np.pi * k * phase) / k
         elif timbre == "square" and k % 2:
-            out += np.sin(2 * np.pi * k * phase) / k * 0.8
+            out += np.sin(2 * np.pi * k * phase) / k
         elif timbre == "triangle" and k % 2:
-            out += ((-1) ** ((k - 1) // 2)) * np.sin(2 * np.pi * k * phase) / k**2 * 0.8
+            out += ((-1) ** ((k - 1) // 2)) * np.sin(2 * np.pi * k * phase) / k**2
     return out
 
 
 def envelope(n: int, rng: np.random.Generator, pluck: bool) -> np.ndarray:
     t = np.arange(n) / SAMPLE_RATE
-    attack = 0.005 if pluck else rng.uniform(0.005, 0.05)
+    attack = 0.003 if pluck else rng.uniform(0.005, 0.03)
     release = min(0.05, n / SAMPLE_RATE / 4)
     env = np.minimum(1.0, t / attack) * np.minimum(1.0, (n / SAMPLE_RATE - t) / release)
     if pluck:
-        env *= np.exp(-t * rng.uniform(2.0, 5.0))
+        env *= np.exp(-t * rng.uniform(2.0, 4.0))
     return env
 
 
-def tone(freqs: list[float], timbre: str, n: int, rng: np.random.Generator, pluck: bool = False) -> np.ndarray:
+def frame_locked(phase: np.ndarray, frame: int) -> np.ndarray:
+    """A phase track restarted at 0 at every `frame`-sample boundary (see `make_clip`)."""
+    starts = phase[(np.arange(phase.shape[0]) // frame) * frame]
+    return phase - starts
+
+
+def frame_fade(n: int, frame: int) -> np.ndarray:
+    """Gain that dips to 0 over FRAME_FADE samples at each frame boundary (no clicks at the restarts)."""
+    pos = np.arange(n) % frame
+    edge = np.minimum(pos, frame - 1 - pos) / FRAME_FADE
+    return np.sin(0.5 * np.pi * np.clip(edge, 0.0, 1.0)) ** 2
+
+
+def tone(
+    freqs: list[float], timbre: str, n: int, rng: np.random.Generator, pluck: bool = False, frame: int = 0
+) -> np.ndarray:
+    """Mono (n,) float64: the notes' waveforms summed under one envelope; random phases, or with
+    `frame` > 0 every frame of that many samples starting at phase 0."""
     t = np.arange(n) / SAMPLE_RATE
     out = np.zeros(n)
     for f in freqs:
-        out += oscillator(timbre, f * t + rng.uniform(0, 1), max(freqs))
-    return out / len(freqs) * envelope(n, rng, pluck)
+        phase = f * t
+        phase = frame_locked(phase, frame) if frame else phase + rng.uniform(0, 1)
+        out += oscillator(timbre, phase, max(freqs))
+    if frame:
+        out *= frame_fade(n, frame)
+    return out * envelope(n, rng, pluck)
 
 
 def coloured_noise(colour: str, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -123,11 +155,10 @@ def drum_hit(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 # -- clips ----------------------------------------------------------------------------------------
 
 
-def _stereo(mono: np.ndarray, rng: np.random.Generator, amp: float) -> np.ndarray:
-    pan = rng.uniform(-0.3, 0.3)
-    gains = np.array([np.cos((pan + 1) * np.pi / 4), np.sin((pan + 1) * np.pi / 4)]) * np.sqrt(2)
-    peak = np.abs(mono).max() + 1e-9
-    return (gains[:, None] * mono[None, :] / peak * amp).astype(np.float32)
+def _out(mono: np.ndarray, peak: float) -> np.ndarray:
+    """Normalise to `peak` and duplicate into two channels."""
+    mono = mono / (np.abs(mono).max() + 1e-9) * peak
+    return np.stack([mono, mono]).astype(np.float32)
 
 
 def _timbre_word(rng: np.random.Generator, timbre: str) -> str:
@@ -135,108 +166,102 @@ def _timbre_word(rng: np.random.Generator, timbre: str) -> str:
     return words[rng.integers(len(words))]
 
 
-def make_clip(rng: np.random.Generator, seconds: float | None = None, kind: str | None = None) -> Clip:
-    """One random labelled clip. `kind` forces a category (tone, pluck, chord, noise, silence, drums, sweep)."""
+def _pick(rng: np.random.Generator, options: list) -> object:
+    return options[rng.integers(len(options))]
+
+
+def make_clip(
+    rng: np.random.Generator,
+    seconds: float | None = None,
+    kind: str | None = None,
+    transpose: int = 0,
+    frame: int = 0,
+) -> Clip:
+    """One random labelled clip. `kind` forces a category (one of KINDS); `transpose` shifts the
+    sounding pitch of tones, plucks and chords by that many semitones but not their prompt (the
+    demo LoRA's training data).
+
+    `frame` > 0 makes tones, chords and sweeps *frame-locked*: their waveform restarts at phase 0
+    at every frame of that many samples (the autoencoder's patch), with 2 ms fades at the seams.
+    Then each prompt has one latent vector, the same in every frame, which the DiT learns quickly
+    and can produce from the prompt alone; with free-running phases the frames of a tone rotate
+    through a 2-D latent plane, and at high noise levels the best prediction averages to silence.
+    """
     if seconds is None:
         seconds = float(np.round(rng.uniform(MIN_SECONDS, MAX_SECONDS), 1))
     n = int(seconds * SAMPLE_RATE)
     if kind is None:
-        kinds = ["tone", "pluck", "chord", "noise", "silence", "drums", "sweep"]
-        kind = kinds[rng.choice(len(kinds), p=[0.48, 0.12, 0.1, 0.09, 0.06, 0.09, 0.06])]
-    amp = rng.uniform(0.35, 0.7)
-    timbre = list(TIMBRES)[rng.integers(len(TIMBRES))]
+        kind = list(KINDS)[rng.choice(len(KINDS), p=list(KINDS.values()))]
+    peak = rng.uniform(0.4, 0.7)
+    timbre = _pick(rng, list(TIMBRES))
+    word = _timbre_word(rng, timbre)
     if kind in ("tone", "pluck"):
         midi = int(rng.integers(NOTE_RANGE[0], NOTE_RANGE[1] + 1))
-        hz = midi_to_hz(midi)
-        use_hz = rng.random() < 0.3
-        if use_hz and rng.random() < 0.5:  # off-grid frequencies too, so "hz" prompts interpolate
-            hz = float(np.round(np.exp(rng.uniform(np.log(65.0), np.log(1050.0)))))
-        label = f"{int(round(hz))} hz" if use_hz else midi_to_name(midi, flat=rng.random() < 0.2)
-        word = _timbre_word(rng, timbre)
+        hz = midi_to_hz(midi + transpose)
+        note = midi_to_name(midi, flat=rng.random() < 0.3)
         if kind == "pluck":
-            prompt = f"plucked {word} {label}"
+            prompt = f"plucked {word} {note}"
         else:
-            prompt = [f"{word} {label}", f"{label} {word}", f"{word} at {label}"][rng.integers(3)]
-        return Clip(prompt, seconds, _stereo(tone([hz], timbre, n, rng, kind == "pluck"), rng, amp), kind, hz)
+            prompt = f"{word} {note}" if rng.random() < 0.8 else f"{note} {word}"
+        return Clip(prompt, seconds, _out(tone([hz], timbre, n, rng, kind == "pluck", frame), peak), kind, hz)
     if kind == "chord":
-        root = int(rng.integers(NOTE_RANGE[0], 72))
-        quality = ["major", "minor"][rng.integers(2)]
+        root = int(rng.integers(CHORD_ROOTS[0], CHORD_ROOTS[1] + 1))
+        quality = _pick(rng, ["major", "minor"])
         notes = [root, root + (4 if quality == "major" else 3), root + 7]
-        name = NOTE_NAMES[root % 12] if rng.random() < 0.5 else midi_to_name(root)
-        prompt = f"{_timbre_word(rng, timbre)} {name} {quality} chord"
-        audio = tone([midi_to_hz(m) for m in notes], timbre, n, rng)
-        return Clip(prompt, seconds, _stereo(audio, rng, amp), kind, midi_to_hz(root))
+        prompt = f"{word} {midi_to_name(root, flat=rng.random() < 0.3)} {quality} chord"
+        audio = tone([midi_to_hz(m + transpose) for m in notes], timbre, n, rng, frame=frame)
+        return Clip(prompt, seconds, _out(audio, peak), kind, midi_to_hz(root + transpose))
     if kind == "noise":
-        colour = ["white", "pink", "brown"][rng.integers(3)]
-        left, right = coloured_noise(colour, n, rng), coloured_noise(colour, n, rng)
-        mix = 0.7 * left + 0.3 * right
-        audio = np.stack([left, mix]) * amp * 0.8 * envelope(n, rng, False)
-        return Clip(f"{colour} noise", seconds, audio.astype(np.float32), kind)
+        colour = _pick(rng, ["white", "pink", "brown"])
+        audio = coloured_noise(colour, n, rng) * envelope(n, rng, False)
+        audio = np.clip(audio / (np.sqrt(np.mean(audio**2)) + 1e-9) * rng.uniform(*NOISE_RMS), -0.99, 0.99)
+        return Clip(f"{colour} noise", seconds, np.stack([audio, audio]).astype(np.float32), kind)
     if kind == "silence":
-        return Clip(
-            ["silence", "quiet silence", "nothing"][rng.integers(3)], seconds, np.zeros((2, n), np.float32), kind
-        )
+        return Clip("silence", seconds, np.zeros((2, n), np.float32), kind)
     if kind == "drums":
         if rng.random() < 0.35:
-            hit = ["kick", "snare", "hihat"][rng.integers(3)]
+            hit = _pick(rng, ["kick", "snare", "hihat"])
             audio = np.zeros(n)
             length = min(n, SAMPLE_RATE // 2)
             audio[:length] = drum_hit(hit, length, rng)
-            return Clip(f"{hit} drum" if hit != "hihat" else "hihat", seconds, _stereo(audio, rng, amp), kind)
-        bpm = int(rng.choice([80, 90, 100, 110, 120, 130, 140]))
+            return Clip(f"{hit} drum" if hit != "hihat" else "hihat", seconds, _out(audio, peak), kind)
+        bpm = int(_pick(rng, list(BPMS)))
         beat = int(SAMPLE_RATE * 60 / bpm)
         audio = np.zeros(n)
         for i, start in enumerate(range(0, n, beat // 2)):
             hit = "hihat" if i % 2 else ("kick" if (i // 2) % 2 == 0 else "snare")
             length = min(n - start, beat // 2)
             audio[start : start + length] += drum_hit(hit, length, rng)
-        return Clip(f"drum beat at {bpm} bpm", seconds, _stereo(audio, rng, amp), kind)
-    # sweep
-    direction = ["rising", "falling"][rng.integers(2)]
-    lo, hi = 110.0, 1760.0
+        return Clip(f"drum beat {bpm} bpm", seconds, _out(audio, peak), kind)
+    if kind != "sweep":
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(KINDS)}")
+    direction = _pick(rng, ["rising", "falling"])
+    lo, hi = 110.0, 880.0
     t = np.arange(n) / SAMPLE_RATE
     frac = t / seconds if direction == "rising" else 1 - t / seconds
-    freq = lo * (hi / lo) ** frac
-    phase = np.cumsum(freq) / SAMPLE_RATE
-    audio = oscillator(timbre, phase, hi) * envelope(n, rng, False)
-    return Clip(f"{direction} {_timbre_word(rng, timbre)} sweep", seconds, _stereo(audio, rng, amp), kind)
+    phase = np.cumsum(lo * (hi / lo) ** frac) / SAMPLE_RATE
+    phase = frame_locked(phase, frame) if frame else phase + rng.uniform(0, 1)
+    audio = oscillator(timbre, phase, hi) * envelope(n, rng, False) * (frame_fade(n, frame) if frame else 1.0)
+    return Clip(f"{direction} {word} sweep", seconds, _out(audio, peak), kind)
+
+
+def note_words() -> list[str]:
+    words = set()
+    for midi in range(NOTE_RANGE[0], NOTE_RANGE[1] + 1):
+        words.add(midi_to_name(midi))
+        words.add(midi_to_name(midi, flat=True))
+    return sorted(words)
 
 
 def vocabulary() -> list[str]:
-    """Every word the generator's prompts use (after the tokenizer's split), for the WordLevel vocab."""
+    """Every word the generator's prompts use, for the WordLevel tokenizer."""
     words = {
-        "plucked",
-        "at",
-        "hz",
-        "major",
-        "minor",
-        "chord",
-        "noise",
-        "white",
-        "pink",
-        "brown",
-        "silence",
-        "quiet",
-        "nothing",
-        "kick",
-        "snare",
-        "hihat",
-        "drum",
-        "beat",
-        "bpm",
-        "rising",
-        "falling",
-        "sweep",
-        "tone",
-        "wave",
-        "synth",
-        "soft",
-        "pure",
-    }
+        "plucked", "major", "minor", "chord", "noise", "white", "pink", "brown", "silence",
+        "kick", "snare", "hihat", "drum", "beat", "bpm", "rising", "falling", "sweep",
+    }  # fmt: skip
     for timbre_words in TIMBRES.values():
         for w in timbre_words:
             words.update(w.split())
-    words.update(NOTE_NAMES)
-    words.update(FLAT_NAMES.values())
-    words.update(str(d) for d in range(10))
+    words.update(str(b) for b in BPMS)
+    words.update(note_words())
     return sorted(words)

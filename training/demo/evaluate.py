@@ -8,41 +8,46 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .data import SAMPLE_RATE, midi_to_hz, name_to_midi, tone
 
-# 24 prompts naming a pitch: note names across C2..C6 in all four timbres, and a few frequencies in Hz.
+# 24 prompts naming a pitch: notes across C2..C6, every timbre and word form, sharps and flats.
 PITCH_PROMPTS = [
-    ("sine c2", midi_to_hz(name_to_midi("c2"))),
-    ("saw e2", midi_to_hz(name_to_midi("e2"))),
-    ("square g2", midi_to_hz(name_to_midi("g2"))),
-    ("triangle a2", midi_to_hz(name_to_midi("a2"))),
-    ("sine c3", midi_to_hz(name_to_midi("c3"))),
-    ("sawtooth d3", midi_to_hz(name_to_midi("d3"))),
-    ("square wave f#3", midi_to_hz(name_to_midi("f#3"))),
-    ("triangle wave a3", midi_to_hz(name_to_midi("a3"))),
-    ("sine wave bb3", midi_to_hz(name_to_midi("bb3"))),
-    ("saw synth c4", midi_to_hz(name_to_midi("c4"))),
-    ("square e4", midi_to_hz(name_to_midi("e4"))),
-    ("triangle g4", midi_to_hz(name_to_midi("g4"))),
-    ("sine a4", midi_to_hz(name_to_midi("a4"))),
-    ("saw b4", midi_to_hz(name_to_midi("b4"))),
-    ("square synth d5", midi_to_hz(name_to_midi("d5"))),
-    ("soft triangle f5", midi_to_hz(name_to_midi("f5"))),
-    ("pure tone g#5", midi_to_hz(name_to_midi("g#5"))),
-    ("sine c6", midi_to_hz(name_to_midi("c6"))),
-    ("saw at c#3", midi_to_hz(name_to_midi("c#3"))),
-    ("a4 sine wave", midi_to_hz(name_to_midi("a4"))),
-    ("sine at 440 hz", 440.0),
-    ("sine tone at 220 hz", 220.0),
-    ("square at 330 hz", 330.0),
-    ("triangle at 150 hz", 150.0),
+    (prompt, midi_to_hz(name_to_midi(note)))
+    for prompt, note in [
+        ("sine c2", "c2"),
+        ("saw e2", "e2"),
+        ("square g2", "g2"),
+        ("triangle a2", "a2"),
+        ("sine c3", "c3"),
+        ("sawtooth d3", "d3"),
+        ("square wave f#3", "f#3"),
+        ("triangle wave a3", "a3"),
+        ("sine wave bb3", "bb3"),
+        ("saw synth c4", "c4"),
+        ("square e4", "e4"),
+        ("triangle g4", "g4"),
+        ("sine a4", "a4"),
+        ("saw b4", "b4"),
+        ("square wave d5", "d5"),
+        ("triangle f5", "f5"),
+        ("pure tone g#5", "g#5"),
+        ("sine c6", "c6"),
+        ("saw c#3", "c#3"),
+        ("a4 sine wave", "a4"),
+        ("eb4 square", "eb4"),
+        ("sine wave f2", "f2"),
+        ("sawtooth ab4", "ab4"),
+        ("triangle wave d4", "d4"),
+    ]
 ]
 PITCH_SECONDS = 2.0
 PITCH_TOLERANCE = 0.03
+LORA_FILE = Path("loras") / "octave-up.safetensors"  # in the model's folder
 
 
 def peak_hz(audio: torch.Tensor, sample_rate: int = SAMPLE_RATE, low: float = 30.0) -> float:
@@ -107,33 +112,29 @@ def level_scores(model, seed: int = 11) -> dict:
 
 
 def inpaint_scores(model, seed: int = 3) -> dict:
+    """SNR of the kept audio for one region, two regions and a continuation; each plain and with
+    the opt-in paste-back of the given audio (`inpaint_paste_back=True`)."""
     original = tonal_input(4.0)
-    out = {}
-    one = [(1.5, 2.5)]
-    audio = model.generate(
-        "triangle a3",
-        duration=4.0,
-        seed=seed,
-        inpaint_audio=(SAMPLE_RATE, original),
-        inpaint_mask_start_seconds=1.5,
-        inpaint_mask_end_seconds=2.5,
-    )[0]
-    out["inpaint_one_region_snr_db"] = kept_snr(original, audio, one)
-    two = [(0.8, 1.4), (2.6, 3.2)]
-    audio = model.generate(
-        "triangle a3",
-        duration=4.0,
-        seed=seed,
-        inpaint_audio=(SAMPLE_RATE, original),
-        inpaint_mask_start_seconds=[s for s, _ in two],
-        inpaint_mask_end_seconds=[e for _, e in two],
-    )[0]
-    out["inpaint_two_regions_snr_db"] = kept_snr(original, audio, two)
     prefix = original[:, : 2 * SAMPLE_RATE]
-    audio = model.generate(
-        "triangle a3", duration=4.0, seed=seed, inpaint_audio=(SAMPLE_RATE, prefix), continuation=True
-    )[0]
-    out["continuation_prefix_snr_db"] = kept_snr(prefix, audio[:, : prefix.shape[-1]], [(2.0, 2.0)])
+    cases = {
+        "inpaint_one_region": ([(1.5, 2.5)], original, {}),
+        "inpaint_two_regions": ([(0.8, 1.4), (2.6, 3.2)], original, {}),
+        "continuation_prefix": ([(2.0, 2.0)], prefix, {"continuation": True}),
+    }
+    out = {}
+    for paste_back in (False, True):
+        for name, (regions, given, extra) in cases.items():
+            if not extra:
+                extra = {
+                    "inpaint_mask_start_seconds": [s for s, _ in regions],
+                    "inpaint_mask_end_seconds": [e for _, e in regions],
+                }
+            audio = model.generate(
+                "triangle a3", duration=4.0, seed=seed, inpaint_audio=(SAMPLE_RATE, given),
+                inpaint_paste_back=paste_back, **extra,
+            )[0]
+            key = f"{name}{'_paste_back' if paste_back else ''}_snr_db"
+            out[key] = kept_snr(given, audio[:, : given.shape[-1]], regions)
     return out
 
 
@@ -153,6 +154,27 @@ def a2a_scores(model, seed: int = 5) -> dict:
     }
 
 
+def lora_scores(model, path: Path, seed: int = 7) -> dict:
+    """The demo LoRA `octave-up`: pitch prompts with it at strength 1 hit twice the named pitch;
+    at strength 0 the output is the base model's exactly."""
+    prompts = [p for p, _ in PITCH_PROMPTS]
+    base = model.generate(prompts[:2], duration=PITCH_SECONDS, batch_size=2, seed=seed)
+    (index,) = model.load_lora([path])
+    try:
+        audio = model.generate(prompts, duration=PITCH_SECONDS, batch_size=len(prompts), seed=seed)
+        rows = []
+        for (prompt, target), clip in zip(PITCH_PROMPTS, audio, strict=True):
+            got = peak_hz(clip)
+            rows.append({"prompt": prompt, "target_hz": round(2 * target, 2), "peak_hz": round(got, 2),
+                         "ok": abs(got - 2 * target) / (2 * target) <= PITCH_TOLERANCE})
+        model.set_lora_strength(0.0, lora_index=index)
+        off = model.generate(prompts[:2], duration=PITCH_SECONDS, batch_size=2, seed=seed)
+    finally:
+        model.unload_lora()
+    return {"octave_up_hit_rate": sum(r["ok"] for r in rows) / len(rows), "rows": rows,
+            "strength_0_equals_base": bool(torch.equal(off, base))}
+
+
 def evaluate(model) -> dict:
     start = time.time()
     scores = {
@@ -161,6 +183,9 @@ def evaluate(model) -> dict:
         "inpaint": inpaint_scores(model),
         "a2a": a2a_scores(model),
     }
+    lora = Path(model.config_path).parent / LORA_FILE
+    if lora.is_file():
+        scores["lora"] = lora_scores(model, lora)
     scores["seconds"] = round(time.time() - start, 1)
     return scores
 

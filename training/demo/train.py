@@ -1,11 +1,11 @@
 """Train the built-in `demo` model from scratch on procedurally generated audio (CPU-friendly).
 
     python -m training.demo.train --out stable_audio_3/assets/demo [--work /tmp/demo_work]
-        [--ae-minutes 12] [--dit-minutes 25] [--clips 2000] [--threads 2] [--stage all|ae|data|dit|export]
+        [--dit-minutes 40] [--clips 6000] [--threads 2] [--stage all|ae|data|dit|export] [--resume-dit]
 
 Stages (each saves to --work, so a stage can be rerun alone):
-  ae      SAME autoencoder on random crops: L1 + multi-resolution STFT loss; then the SoftNorm bottleneck's
-          running_std is set so the latents have unit standard deviation.
+  ae      the SAME autoencoder fitted in closed form: a PCA of 4096-sample frames (see `fit_autoencoder`);
+          the SoftNorm bottleneck's running_std is set so the latents have unit standard deviation.
   data    a fixed, seeded set of labelled clips, encoded once with the frozen autoencoder in the exact
           latent layout generate() uses (content + 6 s headroom, capped at the model's sample_size).
   dit     DiT + T5Gemma encoder + conditioners, rectified flow (x_t = (1-t) x0 + t noise, target
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from stable_audio_3 import masks
@@ -45,18 +44,14 @@ SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 
 
 def build_tokenizer_files(folder: Path) -> int:
-    """Write tokenizer.json (WordLevel, lower-cased, digits split) and tokenizer_config.json; returns vocab size."""
+    """Write tokenizer.json (WordLevel, lower-cased, split on spaces and punctuation) and
+    tokenizer_config.json; returns the vocabulary size."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     words = SPECIAL_TOKENS + vocabulary()
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"[\s,.;:!?()\"']+"), behavior="removed"),
-            pre_tokenizers.Digits(individual_digits=True),
-        ]
-    )
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s,.;:!?()\"']+"), behavior="removed")
     tok.add_special_tokens(SPECIAL_TOKENS)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
@@ -91,28 +86,6 @@ def new_text_encoder(vocab_size: int, folder: Path) -> T5GemmaEncoder:
 # -- autoencoder ---------------------------------------------------------------------------------------
 
 
-def stft_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Multi-resolution STFT: log-magnitude L1 + spectral convergence at 3 window sizes."""
-    pred, target = pred.reshape(-1, pred.shape[-1]), target.reshape(-1, target.shape[-1])
-    total = pred.new_zeros(())
-    for n_fft in (256, 1024, 4096):
-        window = torch.hann_window(n_fft, device=pred.device)
-        sp = torch.stft(pred, n_fft, n_fft // 4, window=window, return_complex=True).abs()
-        st = torch.stft(target, n_fft, n_fft // 4, window=window, return_complex=True).abs()
-        total = total + F.l1_loss(torch.log(sp + 1e-2), torch.log(st + 1e-2)) * 0.5
-        total = total + (st - sp).norm() / (st.norm() + 1e-7)
-    return total
-
-
-def ae_batch(rng: np.random.Generator, batch: int, crop: int) -> torch.Tensor:
-    out = np.zeros((batch, 2, crop), np.float32)
-    for i in range(batch):
-        clip = make_clip(rng, seconds=float(np.ceil(crop / SAMPLE_RATE * 10) / 10 + 0.2))
-        start = int(rng.integers(0, clip.audio.shape[-1] - crop + 1))
-        out[i] = clip.audio[:, start : start + crop]
-    return torch.from_numpy(out)
-
-
 def copy_previous_token_attention(block: torch.nn.Module, dim: int, dim_heads: int, strength: float = 12.0) -> None:
     """Make a SAME block pass each token's predecessor through: x_p + x_{p-1}, feed-forward off.
 
@@ -144,108 +117,59 @@ def copy_previous_token_attention(block: torch.nn.Module, dim: int, dim_heads: i
         block.ff.ff[2].bias.zero_()
 
 
-def identity_block(block: torch.nn.Module) -> None:
-    with torch.no_grad():
-        block.self_attn.to_out.weight.zero_()
-        block.ff.ff[2].weight.zero_()
-        block.ff.ff[2].bias.zero_()
-
-
-def pca_autoencoder_init(ae: SAMEAutoencoder, rng: np.random.Generator, clips: int = 250) -> dict:
-    """Closed-form start: the SAME autoencoder as a PCA of 2048-sample stereo frames.
-
-    Encoder mapping = the top principal directions, decoder mapping = their transpose, the
-    transformer blocks copy a group's patch to its learned token (see above) or do nothing.
-    """
-    frame = ae.patch_size
+def pca_frames(rng: np.random.Generator, clips: int, frame: int) -> torch.Tensor:
+    """(N, frame) float64 mono frames cut from `clips` random training clips."""
     rows = []
     for _ in range(clips):
-        clip = make_clip(rng, seconds=1.0)
+        clip = make_clip(rng)
         n = clip.audio.shape[-1] // frame
-        x = torch.from_numpy(clip.audio[:, : n * frame]).reshape(2, n, frame).permute(1, 0, 2).reshape(n, -1)
-        rows.append(x)
-    data = torch.cat(rows).double()
-    _, svals, vh = torch.linalg.svd(data, full_matrices=False)
-    basis = vh[: ae.latent_dim].float()  # (latent, 2 * frame)
+        rows.append(torch.from_numpy(clip.audio[0, : n * frame].astype(np.float64)).reshape(n, frame))
+    return torch.cat(rows)
+
+
+def fit_autoencoder(rng: np.random.Generator, clips: int) -> tuple[SAMEAutoencoder, dict]:
+    """The SAME autoencoder fitted in closed form, as a PCA of 4096-sample mid (L+R) frames.
+
+    A linear autoencoder trained with an MSE loss converges to the principal subspace; here it is
+    solved for directly instead of by gradient steps, which a CPU budget cannot afford for 8192-wide
+    patches. Encoder mapping = the top 128 principal directions applied to the mid signal, decoder
+    mapping = their transpose written to both channels; each side's transformer block copies its
+    group's patch / latent to the learned token (see `copy_previous_token_attention`). The
+    bottleneck's running_std makes the latents unit-variance for the DiT.
+    """
+    cfg = C.model_config()["model"]["pretransform"]["config"]
+    ae = SAMEAutoencoder(cfg)
+    frame, dim = ae.patch_size, ae.latent_dim
+    data = pca_frames(rng, clips, frame)
+    eigvals, eigvecs = torch.linalg.eigh(data.T @ data)
+    basis = eigvecs[:, -dim:].flip(-1).T.float()  # (latent, frame), strongest first
+    mid = torch.cat([basis, basis], dim=1) / math.sqrt(2)  # (latent, 2 * frame): [left | right]
     enc_map = ae.encoder.layers[0].mapping
     dec_map = ae.decoder.layers[3].mapping
-    width = enc_map.weight_v.shape[0]
-    if width != ae.latent_dim:
-        raise ValueError("the PCA start needs encoder width == latent_dim")
+    if enc_map.weight_v.shape[0] != dim:
+        raise ValueError("the closed-form autoencoder needs encoder width == latent_dim")
     with torch.no_grad():
-        enc_map.weight_v.copy_(basis[:, :, None])
+        enc_map.weight_v.copy_(mid[:, :, None])
         enc_map.weight_g.fill_(1.0)
         enc_map.bias.zero_()
-        v = torch.zeros_like(dec_map.weight_v)
-        v[:, :, 1] = basis.T
-        dec_map.weight_v.copy_(v)
-        dec_map.weight_g.copy_(basis.T.norm(dim=1).reshape(-1, 1, 1))
+        dec_map.weight_v.copy_(mid.T[:, :, None])
+        dec_map.weight_g.copy_(mid.T.norm(dim=1).reshape(-1, 1, 1))
         dec_map.bias.zero_()
         for lin in (ae.encoder.layers[2], ae.decoder.layers[1]):
-            lin.weight.copy_(torch.eye(ae.latent_dim))
+            lin.weight.copy_(torch.eye(dim))
             lin.bias.zero_()
         for resampler in (ae.encoder.layers[0], ae.decoder.layers[3]):
             resampler.new_tokens.zero_()
-            blocks = resampler.transformers
-            heads_dim = blocks[0].self_attn.q_norm.gamma.numel()
-            copy_previous_token_attention(blocks[0], width, heads_dim)
-            for block in blocks[1:]:
-                identity_block(block)
-    energy = float((svals[: ae.latent_dim] ** 2).sum() / (svals**2).sum())
-    return {"pca_frames": int(data.shape[0]), "pca_energy_kept": energy}
-
-
-def train_autoencoder(work: Path, minutes: float, log: dict, resume: bool = False) -> SAMEAutoencoder:
-    torch.manual_seed(C.TRAIN["seed"])
-    rng = np.random.default_rng(C.TRAIN["seed"])
-    cfg = C.model_config()
-    ae = SAMEAutoencoder(cfg["model"]["pretransform"]["config"])
-    if resume and (work / "ae.pt").is_file():  # continue an earlier session (its steps are in the log)
-        ae.load_state_dict(torch.load(work / "ae.pt"))
-    else:
-        log["ae_init"] = pca_autoencoder_init(ae, rng)
-        torch.save(ae.state_dict(), work / "ae_pca.pt")
-    opt = torch.optim.AdamW(ae.parameters(), lr=C.TRAIN["ae_lr"], betas=(0.9, 0.99), weight_decay=0.0)
-    start, step, history = time.time(), 0, []
-    budget = minutes * 60
-    while time.time() - start < budget:
-        frac = (time.time() - start) / budget
-        for group in opt.param_groups:  # warmup, then cosine to 10%
-            group["lr"] = (
-                C.TRAIN["ae_lr"] * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-            )
-        audio = ae_batch(rng, C.TRAIN["ae_batch"], C.TRAIN["ae_crop_samples"])
-        recon = ae.decode(ae.encode(audio))[..., : audio.shape[-1]]
-        wave = F.l1_loss(recon, audio)
-        spec = stft_loss(recon, audio)
-        loss = 10 * wave + spec
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
-        opt.step()
-        step += 1
-        history.append((wave.item(), spec.item()))
-        if step % 100 == 0:
-            torch.save(ae.state_dict(), work / "ae_partial.pt")
-        if step % 25 == 0:
-            w, s = np.mean(history[-25:], axis=0)
-            print(f"[ae] step {step} {time.time() - start:.0f}s  l1 {w:.4f}  stft {s:.3f}", flush=True)
-    # Unit-variance latents for the DiT: running_std = std of the (affine) encoder output.
-    ae.eval()
-    with torch.no_grad():
-        z = torch.cat([ae.encode(ae_batch(rng, 8, C.TRAIN["ae_crop_samples"])) for _ in range(8)])
-        ae.bottleneck.running_std.fill_(float(z.std()) * float(ae.bottleneck.running_std))
-    w, s = np.mean(history[-50:], axis=0) if history else (None, None)
-    log.setdefault("ae_sessions", []).append({"steps": step, "seconds": round(time.time() - start)})
-    log["ae"] = {
-        "steps": step,
-        "seconds": round(time.time() - start),
-        "final_l1": None if w is None else float(w),
-        "final_stft": None if s is None else float(s),
-        "latent_std_before_norm": float(z.std()),
+            (block,) = resampler.transformers
+            copy_previous_token_attention(block, dim, block.self_attn.q_norm.gamma.numel())
+        # Unit-variance latents: the std of the mid-frame projections of the fitted data.
+        ae.bottleneck.running_std.fill_(float((data.float() @ basis.T * math.sqrt(2)).std()))
+    info = {
+        "pca_frames": int(data.shape[0]),
+        "pca_energy_kept": float(eigvals[-dim:].sum() / eigvals.sum()),
+        "running_std": float(ae.bottleneck.running_std),
     }
-    torch.save(ae.state_dict(), work / "ae.pt")
-    return ae
+    return ae.eval().requires_grad_(False), info
 
 
 def load_autoencoder(work: Path) -> SAMEAutoencoder:
@@ -278,29 +202,31 @@ def window_layout(seconds: float) -> tuple[int, int, int]:
 
 
 @torch.no_grad()
-def build_dataset(work: Path, ae: SAMEAutoencoder, clips: int, log: dict, batch: int = 16) -> None:
+def build_dataset(work: Path, ae: SAMEAutoencoder, clips: int, log: dict, batch: int = 32) -> None:
     """Encode `clips` seeded clips, each zero-padded to its generate() window (max_len latents at most)."""
     rng = np.random.default_rng(C.TRAIN["seed"] + 1)
     max_len = C.SAMPLE_SIZE // C.DOWNSAMPLING
-    latents = torch.zeros(clips, C.LATENT_DIM, max_len)
+    latents = torch.zeros(clips, C.LATENT_DIM, max_len, dtype=torch.float16)
     lengths = torch.zeros(clips, 3, dtype=torch.long)
-    prompts, seconds = [], []
+    prompts, seconds, kinds = [], [], []
     start = time.time()
     for first in range(0, clips, batch):
         count = min(batch, clips - first)
         audio = torch.zeros(count, 2, C.SAMPLE_SIZE)
         for j in range(count):
-            clip = make_clip(rng)
-            length, valid, content = window_layout(clip.seconds)
+            frame = C.PATCH_SIZE if rng.random() < C.TRAIN["frame_locked_prob"] else 0
+            clip = make_clip(rng, frame=frame)
             audio[j, :, : clip.audio.shape[-1]] = torch.from_numpy(clip.audio)
-            lengths[first + j] = torch.tensor([length, valid, content])
+            lengths[first + j] = torch.tensor(window_layout(clip.seconds))
             prompts.append(clip.prompt)
             seconds.append(clip.seconds)
-        latents[first : first + count] = ae.encode(audio)[..., :max_len]
-        print(f"[data] {first + count}/{clips} clips, {time.time() - start:.0f}s", flush=True)
-    # Windows shorter than max_len (only when MAX_SECONDS > 6 s of headroom allows) are masked as padding.
-    torch.save({"latents": latents, "lengths": lengths, "prompts": prompts, "seconds": seconds}, work / "dataset.pt")
-    log["data"] = {"clips": clips, "seconds": round(time.time() - start), "latent_std": float(latents.std())}
+            kinds.append(clip.kind)
+        latents[first : first + count] = ae.encode(audio)[..., :max_len].half()
+        if (first // batch) % 20 == 0:
+            print(f"[data] {first + count}/{clips} clips, {time.time() - start:.0f}s", flush=True)
+    data = {"latents": latents, "lengths": lengths, "prompts": prompts, "seconds": seconds, "kinds": kinds}
+    torch.save(data, work / "dataset.pt")
+    log["data"] = {"clips": clips, "seconds": round(time.time() - start), "latent_std": float(latents.float().std())}
 
 
 # -- DiT -----------------------------------------------------------------------------------------------
@@ -337,17 +263,48 @@ def text_features(
     return torch.cat([embeds, secs], dim=1), secs[:, 0]
 
 
+# The t values generate()'s default sampler visits (Euler, 8 steps, linear schedule, no shift).
+SAMPLER_TS = torch.linspace(1.0, 0.0, 9)[:-1]
+
+
 def sample_t(gen: torch.Generator, b: int) -> torch.Tensor:
-    """Half uniform, half uniform in log-SNR over the sampling schedule's range (-6.2 .. 2, widened)."""
-    uniform = torch.rand(b, generator=gen)
-    logsnr = -7.0 + 10.0 * torch.rand(b, generator=gen)
-    t = torch.where(torch.rand(b, generator=gen) < 0.5, uniform, torch.sigmoid(-logsnr))
-    return t.clamp(1e-3, 1 - 1e-3)
+    """A mixture: logit-normal around t = 0.75 (where the sampler decides what is heard), the
+    default sampler's own t values slightly jittered (t = 1 included: the prompt alone), and
+    uniform in log-SNR over the whole range, audio-to-audio's low starting levels included."""
+    mid = torch.sigmoid(1.1 + 1.2 * torch.randn(b, generator=gen))
+    pick = SAMPLER_TS[torch.randint(0, len(SAMPLER_TS), (b,), generator=gen)]
+    pick = (pick + 0.02 * torch.randn(b, generator=gen)).clamp(max=1.0)
+    wide = torch.sigmoid(-(-6.5 + 9.0 * torch.rand(b, generator=gen)))
+    which = torch.rand(b, generator=gen)
+    t = torch.where(which < 0.35, mid, torch.where(which < 0.7, pick, wide))
+    return t.clamp(1e-3, 1.0)
 
 
-def train_dit(work: Path, out_text_dir: Path, minutes: float, log: dict, resume: bool = False) -> None:
+def loss_weights(t: torch.Tensor, knee: float = 0.25) -> torch.Tensor:
+    """Velocity MSE above t = knee; below it a constant weight on the clean-estimate error, so the
+    easy, nearly clean inputs (whose velocity error is the x0 error / t) do not dominate."""
+    return (t / knee).clamp(max=1.0) ** 2
+
+
+def progress_scores(work: Path, out: Path, log: dict) -> dict:
+    """Export the current EMA weights and measure pitch and levels on them (about 10 s)."""
+    from stable_audio_3 import StableAudioModel
+
+    from . import evaluate
+
+    export(work, out, log)
+    model = StableAudioModel.from_pretrained(out, device="cpu")
+    pitch = evaluate.pitch_scores(model)
+    levels = evaluate.level_scores(model)
+    return {"pitch_hit_rate": round(pitch["hit_rate"], 3), "level_difference_db": round(levels["difference_db"], 1)}
+
+
+def train_dit(
+    work: Path, out: Path, minutes: float, log: dict, resume: bool = False, eval_minutes: float = 0.0
+) -> None:
+    out_text_dir = out / C.TEXT_SUBFOLDER
     torch.manual_seed(C.TRAIN["seed"] + 2)
-    gen = torch.Generator().manual_seed(C.TRAIN["seed"] + 3)
+    gen = torch.Generator().manual_seed(C.TRAIN["seed"] + 3 + 1000 * len(log.get("dit_sessions", [])))
     data = torch.load(work / "dataset.pt")
     latents, lengths, prompts, seconds = data["latents"], data["lengths"], data["prompts"], data["seconds"]
     cfg = C.model_config()
@@ -356,28 +313,38 @@ def train_dit(work: Path, out_text_dir: Path, minutes: float, log: dict, resume:
     vocab = build_tokenizer_files(out_text_dir)
     text = new_text_encoder(vocab, out_text_dir)
     tok = PromptTokenizer.from_dir(out_text_dir, C.TEXT_MAX_LENGTH)
-    if resume:  # continue from the last session's EMA weights (a fresh optimiser and LR schedule)
-        saved = torch.load(work / "dit_ema.pt")
-        for key, module in (("dit", dit), ("cond", cond), ("text", text)):
-            module.load_state_dict(saved[key])
+    modules = {"dit": dit, "cond": cond, "text": text}
+    if resume:  # continue from the last session's weights and EMA (a fresh optimiser and LR schedule)
+        saved = torch.load(work / "dit_state.pt")
+        for key, module in modules.items():
+            module.load_state_dict(saved["train"][key])
+        ema = saved["ema"]
+    else:
+        ema = {k: {n: p.detach().clone() for n, p in m.state_dict().items()} for k, m in modules.items()}
     params = [
         {"params": list(dit.parameters()) + list(cond.parameters()), "lr": C.TRAIN["dit_lr"]},
         {"params": list(text.parameters()), "lr": C.TRAIN["text_lr"]},
     ]
     opt = torch.optim.AdamW(params, betas=(0.9, 0.99), weight_decay=0.01)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    modules = {"dit": dit, "cond": cond, "text": text}
-    ema = {k: {n: p.detach().clone() for n, p in m.state_dict().items()} for k, m in modules.items()}
     n_clips, max_len = latents.shape[0], latents.shape[-1]
     positions = torch.arange(max_len)
     start, step, history = time.time(), 0, []
     budget = minutes * 60
+    warmup = 20 if resume else 200
+    next_eval = eval_minutes * 60 if eval_minutes > 0 else math.inf
+    progress = []
+
+    def save() -> None:
+        train_state = {k: {n: p.detach().clone() for n, p in m.state_dict().items()} for k, m in modules.items()}
+        torch.save({"train": train_state, "ema": ema}, work / "dit_state.pt")
+
     while time.time() - start < budget:
         frac = (time.time() - start) / budget
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
-            g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         idx = torch.randint(0, n_clips, (C.TRAIN["dit_batch"],), generator=gen)
-        x0, lens = latents[idx], lengths[idx]
+        x0, lens = latents[idx].float(), lengths[idx]
         valid = positions[None, :] < lens[:, 1:2]
         keep = inpaint_masks(gen, lens, max_len, C.TRAIN["inpaint_prob"])
         local = torch.cat([keep[:, None], x0 * keep[:, None]], dim=1)
@@ -388,30 +355,45 @@ def train_dit(work: Path, out_text_dir: Path, minutes: float, log: dict, resume:
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         v = dit.velocity(xt, t, cross, glob, local, valid, attention_padding="exclude")
-        err = ((v - (noise - x0)) ** 2).mean(1)
+        err = ((v - (noise - x0)) ** 2).mean(1) * loss_weights(t)[:, None]
         loss = (err * valid).sum() / valid.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], 1.0)
         opt.step()
         step += 1
-        decay = min(C.TRAIN["ema_decay"], (1 + step) / (10 + step))
+        decay = min(C.TRAIN["ema_decay"], (1 + step) / (10 + step)) if not resume else C.TRAIN["ema_decay"]
         with torch.no_grad():
             for k, m in modules.items():
                 for n, p in m.state_dict().items():
                     if p.is_floating_point():
                         ema[k][n].mul_(decay).add_(p.detach(), alpha=1 - decay)
         history.append(loss.item())
-        if step % 20 == 0:
-            print(f"[dit] step {step} {time.time() - start:.0f}s  loss {np.mean(history[-20:]):.4f}", flush=True)
-        if step % 200 == 0:
-            torch.save(ema, work / "dit_ema.pt")
-    torch.save(ema, work / "dit_ema.pt")
-    log.setdefault("dit_sessions", []).append({"steps": step, "seconds": round(time.time() - start)})
+        if step % 50 == 0:
+            print(f"[dit] step {step} {time.time() - start:.0f}s  loss {np.mean(history[-50:]):.4f}", flush=True)
+        if step % 500 == 0:
+            save()
+        if time.time() - start > next_eval:
+            save()
+            elapsed = time.time() - start
+            scores = {"step": step, "minutes": round(elapsed / 60, 1), **progress_scores(work, out, log)}
+            print(f"[dit] progress {scores}", flush=True)
+            progress.append(scores)
+            budget += time.time() - start - elapsed  # evaluation time is not training time
+            next_eval = time.time() - start + eval_minutes * 60
+    save()
+    log.setdefault("dit_sessions", []).append(
+        {
+            "steps": step,
+            "seconds": round(time.time() - start),
+            "final_loss": round(float(np.mean(history[-100:])), 4),
+            "progress": progress,
+        }
+    )
     log["dit"] = {
-        "steps": step,
-        "seconds": round(time.time() - start),
-        "final_loss": float(np.mean(history[-50:])),
+        "steps": sum(s["steps"] for s in log["dit_sessions"]),
+        "seconds": sum(s["seconds"] for s in log["dit_sessions"]),
+        "final_loss": log["dit_sessions"][-1]["final_loss"],
         "batch": C.TRAIN["dit_batch"],
     }
 
@@ -428,7 +410,7 @@ def shippable(name: str, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def export(work: Path, out: Path, log: dict) -> None:
-    ema = torch.load(work / "dit_ema.pt")
+    ema = torch.load(work / "dit_state.pt")["ema"]
     ae = torch.load(work / "ae.pt")
     state = {f"model.model.{k}": v for k, v in ema["dit"].items()}
     state.update({f"pretransform.model.{k}": v for k, v in ae.items()})
@@ -450,38 +432,35 @@ def main() -> None:
     parser.add_argument("--out", default="stable_audio_3/assets/demo")
     parser.add_argument("--work", default="/tmp/demo_work")
     parser.add_argument("--stage", default="all", choices=["all", "ae", "data", "dit", "export"])
-    parser.add_argument("--ae-minutes", type=float, default=C.TRAIN["ae_minutes"])
     parser.add_argument("--dit-minutes", type=float, default=C.TRAIN["dit_minutes"])
     parser.add_argument("--clips", type=int, default=C.TRAIN["dataset_clips"])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--resume-ae", action="store_true", help="continue from <work>/ae.pt")
-    parser.add_argument("--resume-dit", action="store_true", help="continue from <work>/dit_ema.pt")
+    parser.add_argument("--resume-dit", action="store_true", help="continue from <work>/dit_state.pt")
+    parser.add_argument("--eval-every", type=float, default=0.0, help="minutes between progress scores (0: off)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     log_path = work / "training_log.json"
     log = json.loads(log_path.read_text()) if log_path.is_file() else {}
-    log["command"] = " ".join(
-        [
-            "python -m training.demo.train",
-            f"--out {args.out}",
-            f"--stage {args.stage}",
-            f"--ae-minutes {args.ae_minutes}",
-            f"--dit-minutes {args.dit_minutes}",
-            f"--clips {args.clips}",
-            f"--threads {args.threads}",
-        ]
+    command = (
+        f"python -m training.demo.train --stage {args.stage} --clips {args.clips} --dit-minutes {args.dit_minutes}"
     )
+    log.setdefault("commands", []).append(command + (" --resume-dit" if args.resume_dit else ""))
     log["torch"] = torch.__version__
     if args.stage in ("all", "ae"):
-        train_autoencoder(work, args.ae_minutes, log, resume=args.resume_ae)
+        started = time.time()
+        ae, info = fit_autoencoder(np.random.default_rng(C.TRAIN["seed"]), C.TRAIN["ae_clips"])
+        torch.save(ae.state_dict(), work / "ae.pt")
+        log["ae"] = {**info, "seconds": round(time.time() - started)}
         log_path.write_text(json.dumps(log, indent=2))
     if args.stage in ("all", "data"):
         build_dataset(work, load_autoencoder(work), args.clips, log)
         log_path.write_text(json.dumps(log, indent=2))
     if args.stage in ("all", "dit"):
-        train_dit(work, out / C.TEXT_SUBFOLDER, args.dit_minutes, log, resume=args.resume_dit)
+        if not args.resume_dit:
+            log.pop("dit_sessions", None)
+        train_dit(work, out, args.dit_minutes, log, resume=args.resume_dit, eval_minutes=args.eval_every)
         log_path.write_text(json.dumps(log, indent=2))
     if args.stage in ("all", "export", "dit"):
         export(work, out, log)
