@@ -173,6 +173,8 @@ class ModelLimits:
     latent_samples: int  # audio samples per latent (the autoencoder's downsampling ratio)
     default_duration: float
     is_base: bool
+    recommended_steps: int = 8  # steps and cfg when a request gives none (the model's recommendations)
+    recommended_cfg_scale: float = 1.0
     loras: tuple[str, ...] = ()
 
     @property
@@ -189,6 +191,8 @@ class ModelLimits:
             latent_samples=int(model.autoencoder.downsampling_ratio),
             default_duration=float(model.default_duration),
             is_base=bool(model.is_base),
+            recommended_steps=int(model.recommended_steps),
+            recommended_cfg_scale=float(model.recommended_cfg_scale),
             loras=tuple(loras),
         )
 
