@@ -92,7 +92,7 @@ def build(model: str, device: torch.device, setting: str) -> Components:
     t5 = randomise(t5, device, 3).to(torch.bfloat16).eval()  # the real file is bf16
     ae = randomise(build_autoencoder(cfg, None, model), device, 4).to(dtype).eval()
     if setting == "int8":
-        quantize_model(dit, ae)
+        quantize_model(dit, ae, t5)
     prompt = cond.prompt_conditioners()["prompt"]
     prompt.attach(TextEncoder(PromptTokenizer.from_dir(TOKENIZER_DIR, prompt.max_length), t5))
     return Components(cond, dit, ae, cfg, device)

@@ -50,6 +50,8 @@ def test_quantized_model_generates_close_to_float_and_refuses_loras() -> None:
     n_int8 = sum(isinstance(m, Int8Linear) for m in fast.dit.modules())
     assert n_int8 == 9 * len(fast.dit.transformer.layers)  # qkv, out; q, kv, out; 2 feed-forward; 2 local-add
     assert any(isinstance(m, Int8Linear) for m in fast.autoencoder.decoder.modules())
+    text = fast.conditioner.prompt_conditioners()["prompt"].text_encoder.model
+    assert next(text.parameters()).dtype == torch.float32  # a bf16 file runs in float32 on this path
     a = ref.generate("lofi house loop", duration=2.0, seed=4, return_latents=True)
     b = fast.generate("lofi house loop", duration=2.0, seed=4, return_latents=True)
     assert a.shape == b.shape

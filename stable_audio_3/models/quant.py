@@ -77,8 +77,12 @@ def quantize_linears(module: nn.Module) -> int:
     return replaced
 
 
-def quantize_model(dit: nn.Module, autoencoder: nn.Module) -> int:
+def quantize_model(dit: nn.Module, autoencoder: nn.Module, text_model: nn.Module | None = None) -> int:
     """The int8 fast path: the DiT's transformer blocks and the autoencoder's encoder and decoder
-    (the conditioners and the text encoder stay as loaded). Returns the number of layers converted."""
+    (the conditioners stay as loaded). A half-precision text encoder is run in float32: without bf16
+    units a bf16 T5Gemma encode costs about 9x the float32 one (3.3 s against 0.36 s at full size
+    here). Returns the number of layers converted to int8."""
+    if text_model is not None and next(text_model.parameters()).dtype in (torch.bfloat16, torch.float16):
+        text_model.float()
     blocks = [dit.transformer.layers, autoencoder.encoder.layers[0], autoencoder.decoder.layers[3]]
     return sum(quantize_linears(block) for block in blocks)
