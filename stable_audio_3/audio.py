@@ -144,8 +144,11 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
 
 def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE,
                 subtype: str | None = None, metadata: dict[str, str] | None = None,
-                compression_level: float | None = None, bitrate_mode: str | None = None) -> Path:
+                compression_level: float | None = None, bitrate_mode: str | None = None,
+                clamp: bool = True) -> Path:
     """Write (C, T) audio atomically: a temp file in the same folder, then a rename.
+
+    `clamp=False` keeps samples outside [-1, 1] (only a float subtype such as WAV "FLOAT" stores them).
 
     `compression_level` (0..1) and `bitrate_mode` ('CONSTANT', 'VARIABLE', 'AVERAGE') reach libsndfile
     for compressed formats (MP3: level 0 -> 320 kbps ... 1 -> 32 kbps).
@@ -156,7 +159,8 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
     fmt = path.suffix.lstrip(".").upper()
     if fmt not in ("WAV", "FLAC", "OGG", "MP3"):
         raise ValueError(f"output {path}: unsupported extension {path.suffix!r}; allowed: .wav, .flac, .ogg, .mp3")
-    data = audio.detach().float().cpu().clamp(-1, 1).numpy().T
+    data = audio.detach().float().cpu()
+    data = (data.clamp(-1, 1) if clamp else data).numpy().T
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

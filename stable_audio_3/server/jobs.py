@@ -13,12 +13,13 @@ import re
 import shutil
 import socket
 import sqlite3
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..audio import write_audio
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
@@ -109,24 +110,9 @@ class Job:
 
 
 def write_float_wav(path: Path, audio, sample_rate: int) -> Path:
-    """(C, T) audio -> a 32-bit float WAV holding exactly these samples (no clamping, unlike
-    `audio.write_audio`: uploads are kept as given and `clamp=false` outputs keep their peaks), atomically."""
-    import soundfile as sf
-
-    data = audio.detach().float().cpu().numpy().T
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".wav", dir=path.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, data, sample_rate, format="WAV", subtype="FLOAT")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """(C, T) audio -> a 32-bit float WAV holding exactly these samples, atomically: no clamping
+    (uploads are kept as given and `clamp=false` outputs keep their peaks)."""
+    return write_audio(path, audio, sample_rate, subtype="FLOAT", clamp=False)
 
 
 def new_job_id() -> str:
