@@ -22,6 +22,7 @@ from .loading import (
     ModelLoadError,
     SafetensorsFile,
     autoencoder_section,
+    bundled_loras,
     check_state,
     load_part,
     load_strict,
@@ -375,13 +376,27 @@ class StableAudioModel:
 
     # -- LoRA ------------------------------------------------------------------------------------
     def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:
-        """Load LoRA files (stacked in order); returns their indices for `set_lora_strength`."""
+        """Load LoRA files (stacked in order) or LoRAs shipped with the model, by name (`bundled_loras`);
+        returns their indices for `set_lora_strength`."""
         if self.quantize is not None:
             raise ValueError(f"load_lora: this model was loaded with quantize={self.quantize!r}, whose int8 layers "
                              "cannot take LoRAs; load it with quantize=None to use LoRAs")
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
-        return self.loras.load(list(paths), svd_bases_path=self.model_config.get("svd_bases_path"))
+        from .models.lora import LoraError
+
+        shipped = self.bundled_loras
+        paths = [shipped[str(p)] if str(p) in shipped and not os.path.exists(p) else p for p in paths]
+        missing = [str(p) for p in paths if not os.path.exists(p)]
+        if missing and shipped:
+            raise LoraError(f"load_lora: {missing[0]!r} is neither a file nor a LoRA shipped with this model "
+                            f"(shipped: {', '.join(shipped)})")
+        return self.loras.load(paths, svd_bases_path=self.model_config.get("svd_bases_path"))
+
+    @property
+    def bundled_loras(self) -> dict[str, os.PathLike]:
+        """LoRAs shipped in the model's folder (`loras/<name>.safetensors`); `load_lora` takes their names."""
+        return bundled_loras(os.path.dirname(self.config_path))
 
     def set_lora_strength(self, strength: float, lora_index: int | None = None) -> None:
         self.loras.set_lora_strength(strength, lora_index)

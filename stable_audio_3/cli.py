@@ -285,7 +285,13 @@ def build_generate_parser() -> argparse.ArgumentParser:
         const=False,
         help="decode in one pass (default: the model config's choice)",
     )
-    d.add_argument("--lora-ckpt-path", action="extend", nargs="+", metavar="PATH", help="LoRA file(s), stacked")
+    d.add_argument(
+        "--lora-ckpt-path",
+        action="extend",
+        nargs="+",
+        metavar="PATH",
+        help="LoRA file(s), stacked; or the name of a LoRA shipped with the model (demo: octave-up)",
+    )
     d.add_argument(
         "--lora-strength",
         action="append",
@@ -361,13 +367,19 @@ def _check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -
         p.error(f"{'--continuation' if args.continuation else '--inpaint-start/--inpaint-end'} needs --inpaint-audio")
     if args.inpaint_audio and not (starts or args.continuation):
         p.error("--inpaint-audio needs --inpaint-start/--inpaint-end regions or --continuation")
+    shipped = {}
+    if args.lora_ckpt_path:
+        from .loading import bundled_loras, local_model_folder
+
+        shipped = bundled_loras(local_model_folder(args.model))
     for flag, path in (
         ("--init-audio", args.init_audio),
         ("--inpaint-audio", args.inpaint_audio),
-        *(("--lora-ckpt-path", x) for x in args.lora_ckpt_path or []),
+        *(("--lora-ckpt-path", x) for x in args.lora_ckpt_path or [] if x not in shipped),
     ):
         if path and not Path(path).is_file():
-            p.error(f"{flag}: file not found: {path}")
+            hint = f" (LoRAs shipped with {args.model}: {', '.join(shipped)})" if flag[2] == "l" and shipped else ""
+            p.error(f"{flag}: file not found: {path}{hint}")
 
     n_loras = len(args.lora_ckpt_path or [])
     strengths, indices = args.lora_strength or [], args.lora_index or []

@@ -107,6 +107,25 @@ def demo_folder() -> Path:
     return Path(str(resources.files("stable_audio_3").joinpath("assets", DEMO_MODEL)))
 
 
+LORA_SUBFOLDER = "loras"
+
+
+def local_model_folder(name_or_path: str | os.PathLike) -> Path | None:
+    """The folder of a model that needs no download (the demo, a local folder or checkpoint); else None."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path if path.is_dir() else path.parent
+    return demo_folder() if str(name_or_path) == DEMO_MODEL else None
+
+
+def bundled_loras(model_folder: Path | None) -> dict[str, Path]:
+    """LoRA files shipped in a model folder's `loras/` (the demo's `octave-up`), by file stem."""
+    folder = None if model_folder is None else Path(model_folder) / LORA_SUBFOLDER
+    if folder is None or not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.safetensors"))}
+
+
 # -- device and precision ------------------------------------------------------------------------
 
 

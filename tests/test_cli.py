@@ -243,3 +243,16 @@ def test_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     ]:
         info = sf.info(name)
         assert (info.samplerate, info.channels) == (SR, 2) and info.frames == seconds * SR, name
+
+
+def test_lora_shipped_with_the_model_by_name(tmp_path: Path) -> None:
+    from test_lora_model import folder_with_bundled_lora
+
+    folder = folder_with_bundled_lora(tmp_path)
+    common = f"-p x --duration 1 --duration-padding 0 --seed 11 --model {q(folder)}"
+    main(f"{common} --lora-ckpt-path {q(folder / 'loras' / 'style-a.safetensors')}", "-o", str(tmp_path / "a.wav"))
+    main(f"{common} --lora-ckpt-path style-a", "-o", str(tmp_path / "b.wav"))
+    assert torch.equal(read_audio(tmp_path / "a.wav")[0], read_audio(tmp_path / "b.wav")[0])
+    res = run("-p", "x", "--model", str(folder), "--lora-ckpt-path", "style-b", "-o", str(tmp_path / "c.wav"))
+    assert res.returncode == 2
+    assert f"--lora-ckpt-path: file not found: style-b (LoRAs shipped with {folder}: style-a)" in res.stderr

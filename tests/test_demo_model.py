@@ -1,6 +1,11 @@
 """Acceptance tests of the shipped `demo` model (stable_audio_3/assets/demo): it follows its prompts
 in measurable ways, and every generation mode works with it. Thresholds are those of issue 7; the
-measured numbers are recorded in the model card (MODEL_CARD.md)."""
+measured numbers are recorded in the model card (MODEL_CARD.md).
+
+Pitch, levels and audio-to-audio are judged at the model's recommended settings (its config's
+`default_steps` / `default_cfg_scale`: 32 steps, cfg 4), which the CLI, the UI and the server use
+when none are given; inpainting at generate()'s own defaults (8 steps, cfg 1), which the model card
+recommends for it."""
 
 from __future__ import annotations
 
@@ -15,13 +20,15 @@ from training.demo import evaluate as ev
 
 DEMO = Path(__file__).resolve().parents[1] / "stable_audio_3" / "assets" / "demo"
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
+# The demo LoRA's bar: "changes something audible and measurable" (issue 7). Measured: 22/24 prompts an
+# octave above the named pitch at the recommended settings (MODEL_CARD.md).
+LORA_HIT_RATE = 0.75
 
 # Acceptance thresholds the shipped checkpoint does not meet yet (measured numbers: MODEL_CARD.md).
 # strict: the day a retrained checkpoint meets one, its test fails until the marker is removed.
 UNMET = {
-    "pitch": "50% (12/24) of the pitch prompts within 3% at the API defaults (67% at the recommended 32 steps, cfg 4)",
-    "levels": "white noise and silence prompts differ by 7.4 dB (11.0 dB at the recommended settings)",
-    "inpaint": "two-region inpainting keeps 13.6 dB SNR (one region 15.6 dB, continuation 15.4 dB; paste-back: exact)",
+    "inpaint": "the kept audio comes back at 14.0 dB (one region), 14.2 dB (two regions) and 14.1 dB "
+    "(continuation) SNR; with inpaint_paste_back=True it is exact",
 }
 
 
@@ -34,6 +41,13 @@ def threshold(name: str):
 def model() -> StableAudioModel:
     torch.set_num_threads(2)
     return StableAudioModel.from_pretrained(DEMO, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def recommended(model) -> ev.WithSettings:
+    """The model sampled as every interface samples it by default."""
+    assert (model.recommended_steps, model.recommended_cfg_scale) == (32, 4.0)
+    return ev.WithSettings(model, steps=model.recommended_steps, cfg_scale=model.recommended_cfg_scale)
 
 
 def test_files_are_small_and_in_the_official_layout():
@@ -57,34 +71,53 @@ def test_model_facts(model):
     assert model.is_base
 
 
-@threshold("pitch")
-def test_pitch_prompts_hit_the_named_pitch(model):
+def test_pitch_prompts_hit_the_named_pitch(recommended):
     assert len(ev.PITCH_PROMPTS) >= 20
-    scores = ev.pitch_scores(model)
+    scores = ev.pitch_scores(recommended)
     misses = [r for r in scores["rows"] if not r["ok"]]
     assert scores["hit_rate"] >= 0.9, f"hit rate {scores['hit_rate']:.2f}; misses: {misses}"
 
 
-@threshold("levels")
-def test_silence_and_noise_prompts_differ_in_level(model):
-    levels = ev.level_scores(model)
-    assert levels["difference_db"] >= 20, levels
+def test_silence_and_noise_prompts_differ_in_level(recommended):
+    levels = ev.level_scores(recommended)
+    assert levels["difference_db"] >= 20, levels  # pink noise minus silence
+    assert levels["white_difference_db"] >= 20, levels
+
+
+@pytest.fixture(scope="module")
+def inpaint(model) -> dict:
+    return ev.inpaint_scores(model)
 
 
 @threshold("inpaint")
-def test_inpainting_and_continuation_keep_the_given_audio(model):
-    scores = ev.inpaint_scores(model)
-    assert all(v >= 15 for v in scores.values()), scores
+def test_inpainting_and_continuation_keep_the_given_audio(inpaint):
+    plain = {k: v for k, v in inpaint.items() if "paste_back" not in k}
+    assert len(plain) == 3 and all(v >= 15 for v in plain.values()), plain
 
 
-@threshold("a2a_0.1")
-def test_audio_to_audio_at_low_noise_stays_close_to_its_input(model):
-    scores = ev.a2a_scores(model)
+def test_paste_back_keeps_the_given_audio_exactly(inpaint):
+    pasted = {k: v for k, v in inpaint.items() if "paste_back" in k}
+    assert len(pasted) == 3 and all(v >= 100 for v in pasted.values()), pasted
+
+
+def test_kept_audio_is_measured_outside_the_regenerated_latent_frames():
+    # [0.8, 1.4) s regenerates latents 9..15 (their first samples lie inside), i.e. samples up to
+    # 16 * 4096 = 1.486 s: 86 ms past the region's end, which the measurement must leave out.
+    assert ev.regenerated_span(0.8, 1.4) == (35280, 16 * 4096)
+    assert ev.regenerated_span(2.0, 2.0) == (88200, 88200)  # continuation: nothing regenerated
+    original = ev.tonal_input(2.0)
+    damaged = original.clone()
+    damaged[:, 61740:65536] = 0  # inside the regenerated span but outside the region
+    assert ev.kept_snr(original, damaged, [(0.8, 1.4)]) > 100
+
+
+def test_audio_to_audio_at_low_noise_stays_close_to_its_input(recommended):
+    scores = ev.a2a_scores(recommended)
     assert scores["a2a_0.1_snr_db"] >= 10, scores
 
 
-def test_audio_to_audio_at_full_noise_is_text_to_audio(model):
-    scores = ev.a2a_scores(model)
+def test_audio_to_audio_at_full_noise_is_text_to_audio(recommended):
+    scores = ev.a2a_scores(recommended)
     assert scores["a2a_1.0_equals_t2a"], scores
 
 
@@ -96,3 +129,11 @@ def test_per_item_batch_matches_single_item_runs(model):
     alone = model.generate("white noise", duration=3.0, seed=2)
     torch.testing.assert_close(audio[1, :, : 3 * 44100], alone[0], atol=1e-4, rtol=0)
 
+
+
+def test_demo_lora_raises_the_pitch_by_an_octave(model, recommended):
+    assert set(model.bundled_loras) == {"octave-up"}
+    scores = ev.lora_scores(recommended, "octave-up")
+    assert scores["strength_0_equals_base"]
+    misses = [r for r in scores["rows"] if not r["ok"]]
+    assert scores["octave_up_hit_rate"] >= LORA_HIT_RATE, f"hit rate {scores['octave_up_hit_rate']:.2f}; {misses}"

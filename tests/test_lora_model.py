@@ -83,3 +83,29 @@ def test_truncated_lora_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LoraError, match="truncated.safetensors"):
         m.load_lora([bad])
     assert len(m.loras) == 0
+
+
+def folder_with_bundled_lora(tmp_path: Path) -> Path:
+    """The tiny model's files linked into a folder whose `loras/` ships lora_a as `style-a`."""
+    src, folder = fixture_dir("tiny-small"), tmp_path / "model"
+    (folder / "loras").mkdir(parents=True)
+    for name in ("model.safetensors", "model_config.json", "t5gemma-b-b-ul2"):
+        (folder / name).symlink_to(src / name)
+    (folder / "loras" / "style-a.safetensors").write_bytes((src / "lora" / "lora_a.safetensors").read_bytes())
+    return folder
+
+
+def test_loras_shipped_with_a_model_load_by_name(tmp_path: Path) -> None:
+    folder = folder_with_bundled_lora(tmp_path)
+    m = StableAudioModel.from_pretrained(folder, device="cpu")
+    assert m.bundled_loras == {"style-a": folder / "loras" / "style-a.safetensors"}
+    m.load_lora([fixture_dir("tiny-small") / "lora" / "lora_a.safetensors"])
+    by_path = run(m)
+    m.unload_lora()
+    assert m.load_lora("style-a") == [0]
+    assert torch.equal(run(m), by_path)
+    m.unload_lora()
+    with pytest.raises(LoraError, match=r"^load_lora: 'style-b' is neither a file nor a LoRA shipped with this "
+                       r"model \(shipped: style-a\)$"):
+        m.load_lora(["style-b"])
+    assert model().bundled_loras == {}  # the golden folder ships none

@@ -5,9 +5,10 @@
 
 A plain LoRA (W + alpha/r * B A) of rank 8 on every Linear layer of the DiT's blocks, trained with
 the frozen base model on clips whose audio is transposed up 12 semitones while their prompts keep
-the written note. The file is in the official LoRA layout (`<module>.parametrizations.weight.0.lora_A`
-keys, `lora_config` metadata), so `model.load_lora(path)` and `set_lora_strength` work on it; at
-strength 0 the model is the base model exactly.
+the written note (with the same extra batch of short windows at t = 1 as the base model's training,
+where the prompt alone decides the pitch). The file is in the official LoRA layout
+(`<module>.parametrizations.weight.0.lora_A` keys, `lora_config` metadata), so `model.load_lora(path)`
+and `set_lora_strength` work on it; at strength 0 the model is the base model exactly.
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ def build_data(model, clips: int) -> dict:
     return {"latents": latents, "lengths": lengths, "cross": torch.cat(cross), "glob": torch.cat(glob)}
 
 
+def prompt_only_loss(dit: torch.nn.Module, data: dict, gen: torch.Generator) -> torch.Tensor:
+    """Velocity MSE at t = 1 on short windows (as `train.prompt_only_loss`): what the prompt alone
+    must now produce, the transposed tone, learnt from many prompts per step at little cost."""
+    count, length = C.TRAIN["prompt_batch"], C.TRAIN["prompt_latents"]
+    idx = torch.randint(0, data["latents"].shape[0], (count,), generator=gen)
+    x0 = data["latents"][idx, :, :length]
+    noise = torch.randn(x0.shape, generator=gen)
+    local = torch.zeros(count, C.LATENT_DIM + 1, length)
+    valid = torch.ones(count, length, dtype=torch.bool)
+    v = dit.velocity(noise, torch.ones(count), data["cross"][idx], data["glob"][idx], local, valid)
+    return ((v - (noise - x0)) ** 2).mean()
+
+
 def train(model, data: dict, minutes: float, lr: float = 2e-3, batch: int = 16) -> dict:
     dit = model.dit.float().train()
     for p in dit.parameters():
@@ -93,8 +107,8 @@ def train(model, data: dict, minutes: float, lr: float = 2e-3, batch: int = 16) 
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         v = dit.velocity(xt, t, data["cross"][idx], data["glob"][idx], local, valid, attention_padding="exclude")
-        err = ((v - (noise - x0)) ** 2).mean(1) * loss_weights(t)[:, None]
-        loss = (err * valid).sum() / valid.sum()
+        err = ((v - (noise - x0)) ** 2).mean(1) * loss_weights(t, torch.zeros(valid.shape))
+        loss = (err * valid).sum() / valid.sum() + prompt_only_loss(dit, data, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -104,7 +118,9 @@ def train(model, data: dict, minutes: float, lr: float = 2e-3, batch: int = 16) 
         if step % 50 == 0:
             print(f"[lora] step {step} {time.time() - start:.0f}s  loss {np.mean(history[-50:]):.4f}", flush=True)
     record = {
-        "steps": step, "seconds": round(time.time() - start), "final_loss": round(float(np.mean(history[-50:])), 4)
+        "steps": step,
+        "seconds": round(time.time() - start),
+        "final_loss": round(float(np.mean(history[-50:])), 4),
     }
     return {"adapters": adapters, "record": record}
 
@@ -114,8 +130,14 @@ def save(adapters: dict, out: Path, record: dict) -> None:
     for name, (a, b) in adapters.items():
         tensors[f"model.{name}.parametrizations.weight.0.lora_A"] = a.detach().half().contiguous()
         tensors[f"model.{name}.parametrizations.weight.0.lora_B"] = b.detach().half().contiguous()
-    config = {"adapter_type": "lora", "rank": RANK, "alpha": float(RANK), "name": "octave-up",
-              "description": "tones, plucks and chords an octave above the written note", "training": record}
+    config = {
+        "adapter_type": "lora",
+        "rank": RANK,
+        "alpha": float(RANK),
+        "name": "octave-up",
+        "description": "tones, plucks and chords an octave above the written note",
+        "training": record,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out), metadata={"lora_config": json.dumps(config)})
 

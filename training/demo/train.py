@@ -270,7 +270,9 @@ SAMPLER_TS = torch.linspace(1.0, 0.0, 9)[:-1]
 def sample_t(gen: torch.Generator, b: int) -> torch.Tensor:
     """A mixture: logit-normal around t = 0.75 (where the sampler decides what is heard), the
     default sampler's own t values slightly jittered (t = 1 included: the prompt alone), and
-    uniform in log-SNR over the whole range, audio-to-audio's low starting levels included."""
+    uniform in log-SNR over the whole range, audio-to-audio's low starting levels and the last
+    steps' detail (silence must come out silent) included. t = 1 itself gets its own extra batch
+    (`prompt_only_loss`)."""
     mid = torch.sigmoid(1.1 + 1.2 * torch.randn(b, generator=gen))
     pick = SAMPLER_TS[torch.randint(0, len(SAMPLER_TS), (b,), generator=gen)]
     pick = (pick + 0.02 * torch.randn(b, generator=gen)).clamp(max=1.0)
@@ -280,10 +282,42 @@ def sample_t(gen: torch.Generator, b: int) -> torch.Tensor:
     return t.clamp(1e-3, 1.0)
 
 
-def loss_weights(t: torch.Tensor, knee: float = 0.25) -> torch.Tensor:
-    """Velocity MSE above t = knee; below it a constant weight on the clean-estimate error, so the
-    easy, nearly clean inputs (whose velocity error is the x0 error / t) do not dominate."""
-    return (t / knee).clamp(max=1.0) ** 2
+def loss_weights(t: torch.Tensor, keep: torch.Tensor, knee: float = 0.25) -> torch.Tensor:
+    """(B, T) weights: velocity MSE above t = knee; below it a constant weight on the clean-estimate
+    error, so the easy, nearly clean inputs (whose velocity error is the x0 error / t) do not
+    dominate. Kept (inpainting) positions count TRAIN["kept_weight"] times: reproducing the given audio
+    exactly is what inpainting and continuation are judged on."""
+    return (t / knee).clamp(max=1.0)[:, None] ** 2 * (1 + (C.TRAIN["kept_weight"] - 1) * keep)
+
+
+def prompt_only_loss(
+    dit: DiffusionTransformer,
+    cond: Conditioner,
+    text: T5GemmaEncoder,
+    tok: PromptTokenizer,
+    gen: torch.Generator,
+    data: dict,
+    clip_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Velocity MSE at t = 1 on a batch of short windows: the first TRAIN["prompt_latents"] of each clip.
+
+    At t = 1 the input is pure noise, so the clean-audio estimate can only come from the prompt (and
+    the duration): this is where the model learns what a prompt sounds like, and where generate()'s
+    first steps decide pitch, level and kind. Those first latents sit at the same positions as in
+    generate()'s window, and a short window costs about a ninth of a full one, so each step sees many
+    more prompts than the main batch alone holds.
+    """
+    count, length = C.TRAIN["prompt_batch"], C.TRAIN["prompt_latents"]
+    idx = torch.multinomial(clip_weights, count, replacement=True, generator=gen)
+    x0 = data["latents"][idx, :, :length].float()
+    cross, glob = text_features(cond, text, tok, [data["prompts"][i] for i in idx], [data["seconds"][i] for i in idx])
+    drop = torch.rand(count, generator=gen) < C.TRAIN["cfg_dropout"]
+    cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+    noise = torch.randn(x0.shape, generator=gen)
+    valid = torch.ones(count, length, dtype=torch.bool)
+    local = torch.zeros(count, C.LATENT_DIM + 1, length)
+    v = dit.velocity(noise, torch.ones(count), cross, glob, local, valid, attention_padding="exclude")
+    return ((v - (noise - x0)) ** 2).mean()
 
 
 def progress_scores(work: Path, out: Path, log: dict) -> dict:
@@ -327,7 +361,10 @@ def train_dit(
     ]
     opt = torch.optim.AdamW(params, betas=(0.9, 0.99), weight_decay=0.01)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    n_clips, max_len = latents.shape[0], latents.shape[-1]
+    max_len = latents.shape[-1]
+    # Steady tones are drawn more often than their share of the data set: they carry the pitch.
+    # (The polish stage also draws silence and noise more often.)
+    clip_weights = torch.tensor([C.TRAIN["kind_weights"].get(k, 1.0) for k in data["kinds"]])
     positions = torch.arange(max_len)
     start, step, history = time.time(), 0, []
     budget = minutes * 60
@@ -343,7 +380,7 @@ def train_dit(
         frac = (time.time() - start) / budget
         for g, lr in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-        idx = torch.randint(0, n_clips, (C.TRAIN["dit_batch"],), generator=gen)
+        idx = torch.multinomial(clip_weights, C.TRAIN["dit_batch"], replacement=True, generator=gen)
         x0, lens = latents[idx].float(), lengths[idx]
         valid = positions[None, :] < lens[:, 1:2]
         keep = inpaint_masks(gen, lens, max_len, C.TRAIN["inpaint_prob"])
@@ -355,8 +392,10 @@ def train_dit(
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
         v = dit.velocity(xt, t, cross, glob, local, valid, attention_padding="exclude")
-        err = ((v - (noise - x0)) ** 2).mean(1) * loss_weights(t)[:, None]
+        err = ((v - (noise - x0)) ** 2).mean(1) * loss_weights(t, keep)
         loss = (err * valid).sum() / valid.sum()
+        if C.TRAIN["prompt_batch"]:
+            loss = loss + prompt_only_loss(dit, cond, text, tok, gen, data, clip_weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], 1.0)
@@ -431,7 +470,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="stable_audio_3/assets/demo")
     parser.add_argument("--work", default="/tmp/demo_work")
-    parser.add_argument("--stage", default="all", choices=["all", "ae", "data", "dit", "export"])
+    parser.add_argument("--stage", default="all", choices=["all", "ae", "data", "dit", "polish", "export"])
     parser.add_argument("--dit-minutes", type=float, default=C.TRAIN["dit_minutes"])
     parser.add_argument("--clips", type=int, default=C.TRAIN["dataset_clips"])
     parser.add_argument("--threads", type=int, default=2)
@@ -462,7 +501,12 @@ def main() -> None:
             log.pop("dit_sessions", None)
         train_dit(work, out, args.dit_minutes, log, resume=args.resume_dit, eval_minutes=args.eval_every)
         log_path.write_text(json.dumps(log, indent=2))
-    if args.stage in ("all", "export", "dit"):
+    if args.stage in ("all", "polish"):
+        C.TRAIN.update({k: v for k, v in C.POLISH.items() if k != "minutes"})
+        train_dit(work, out, C.POLISH["minutes"], log, resume=True)
+        log["polish"] = {**C.POLISH, **log["dit_sessions"][-1]}
+        log_path.write_text(json.dumps(log, indent=2))
+    if args.stage in ("all", "export", "dit", "polish"):
         export(work, out, log)
         log_path.write_text(json.dumps(log, indent=2))
 
