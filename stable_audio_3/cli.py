@@ -378,7 +378,8 @@ def _check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace) -
         *(("--lora-ckpt-path", x) for x in args.lora_ckpt_path or [] if x not in shipped),
     ):
         if path and not Path(path).is_file():
-            hint = f" (LoRAs shipped with {args.model}: {', '.join(shipped)})" if flag[2] == "l" and shipped else ""
+            shipped_here = shipped and flag == "--lora-ckpt-path"
+            hint = f" (LoRAs shipped with {args.model}: {', '.join(shipped)})" if shipped_here else ""
             p.error(f"{flag}: file not found: {path}{hint}")
 
     n_loras = len(args.lora_ckpt_path or [])

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stable_audio_3 import masks
+
 from .config import DOWNSAMPLING
 from .data import SAMPLE_RATE, midi_to_hz, name_to_midi, tone
 
@@ -79,12 +81,17 @@ def tonal_input(seconds: float, seed: int = 0) -> torch.Tensor:
 
 
 def regenerated_span(start: float, end: float, downsampling: int = DOWNSAMPLING) -> tuple[int, int]:
-    """Samples [first, stop) a region regenerates: the region itself joined with the latent frames it
-    covers. generate() regenerates latent j when sample j * downsampling lies in the region, so the
-    regenerated audio can reach up to one frame (93 ms here) past the region's end."""
+    """Samples [first, stop) a region regenerates: the region itself joined with the latent frames
+    generate()'s own mask functions mark for regeneration (a latent takes the mask's value at its first
+    sample, so the regenerated audio can reach up to one frame, 93 ms here, past the region's end)."""
     s, e = int(start * SAMPLE_RATE), int(end * SAMPLE_RATE)
-    first, stop = -(-s // downsampling) * downsampling, -(-e // downsampling) * downsampling
-    return (min(s, first), max(e, stop)) if stop > first else (s, e)
+    frames = -(-max(e, 1) // downsampling) + 1
+    mask = masks.mask_from_regions([(start, end)], frames * downsampling, SAMPLE_RATE)
+    regenerated = (masks.mask_to_latents(mask, frames)[0] < 0.5).nonzero()
+    if regenerated.numel() == 0:
+        return s, e
+    first, stop = int(regenerated[0]) * downsampling, (int(regenerated[-1]) + 1) * downsampling
+    return min(s, first), max(e, stop)
 
 
 def kept_snr(

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from . import config as C
 from .data import make_clip
-from .train import loss_weights, sample_t, window_layout
+from .train import loss_weights, pure_noise_loss, sample_t, window_layout
 
 RANK = 8
 SEED = 4321
@@ -76,12 +76,7 @@ def prompt_only_loss(dit: torch.nn.Module, data: dict, gen: torch.Generator) -> 
     must now produce, the transposed tone, learnt from many prompts per step at little cost."""
     count, length = C.TRAIN["prompt_batch"], C.TRAIN["prompt_latents"]
     idx = torch.randint(0, data["latents"].shape[0], (count,), generator=gen)
-    x0 = data["latents"][idx, :, :length]
-    noise = torch.randn(x0.shape, generator=gen)
-    local = torch.zeros(count, C.LATENT_DIM + 1, length)
-    valid = torch.ones(count, length, dtype=torch.bool)
-    v = dit.velocity(noise, torch.ones(count), data["cross"][idx], data["glob"][idx], local, valid)
-    return ((v - (noise - x0)) ** 2).mean()
+    return pure_noise_loss(dit, data["latents"][idx, :, :length], data["cross"][idx], data["glob"][idx], gen)
 
 
 def train(model, data: dict, minutes: float, lr: float = 2e-3, batch: int = 16) -> dict:

@@ -311,8 +311,21 @@ def prompt_only_loss(
     idx = torch.multinomial(clip_weights, count, replacement=True, generator=gen)
     x0 = data["latents"][idx, :, :length].float()
     cross, glob = text_features(cond, text, tok, [data["prompts"][i] for i in idx], [data["seconds"][i] for i in idx])
-    drop = torch.rand(count, generator=gen) < C.TRAIN["cfg_dropout"]
-    cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+    return pure_noise_loss(dit, x0, drop_prompts(gen, cross), glob, gen)
+
+
+def drop_prompts(gen: torch.Generator, cross: torch.Tensor) -> torch.Tensor:
+    """Classifier-free-guidance dropout: the cross-attention condition of TRAIN["cfg_dropout"] of the
+    items zeroed, as the unconditional half of CFG sees it."""
+    drop = torch.rand(cross.shape[0], generator=gen) < C.TRAIN["cfg_dropout"]
+    return torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+
+
+def pure_noise_loss(
+    dit: DiffusionTransformer, x0: torch.Tensor, cross: torch.Tensor, glob: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """Velocity MSE at t = 1 (input: pure noise) on fully valid windows x0 (B, C, T), no inpainting."""
+    count, _, length = x0.shape
     noise = torch.randn(x0.shape, generator=gen)
     valid = torch.ones(count, length, dtype=torch.bool)
     local = torch.zeros(count, C.LATENT_DIM + 1, length)
@@ -386,8 +399,7 @@ def train_dit(
         keep = inpaint_masks(gen, lens, max_len, C.TRAIN["inpaint_prob"])
         local = torch.cat([keep[:, None], x0 * keep[:, None]], dim=1)
         cross, glob = text_features(cond, text, tok, [prompts[i] for i in idx], [seconds[i] for i in idx])
-        drop = torch.rand(len(idx), generator=gen) < C.TRAIN["cfg_dropout"]
-        cross = torch.where(drop[:, None, None], torch.zeros_like(cross), cross)
+        cross = drop_prompts(gen, cross)
         t = sample_t(gen, len(idx))
         noise = torch.randn(x0.shape, generator=gen)
         xt = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
