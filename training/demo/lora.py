@@ -1,7 +1,8 @@
 """Train the demo LoRA `octave-up`: with it, tone, pluck and chord prompts sound an octave higher.
 
-    python -m training.demo.lora --model stable_audio_3/assets/demo \\
-        --out stable_audio_3/assets/demo/loras/octave-up.safetensors [--minutes 6] [--clips 1500]
+    python -m training.demo.lora --model stable_audio_3/assets/demo [--out PATH] [--minutes 6] [--clips 1500]
+
+--out defaults to <model>/loras/octave-up.safetensors, next to the weights it was trained on.
 
 A plain LoRA (W + alpha/r * B A) of rank 8 on every Linear layer of the DiT's blocks, trained with
 the frozen base model on clips whose audio is transposed up 12 semitones while their prompts keep
@@ -142,7 +143,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="stable_audio_3/assets/demo")
-    parser.add_argument("--out", default="stable_audio_3/assets/demo/loras/octave-up.safetensors")
+    parser.add_argument("--out", default=None, help="default: <model>/loras/octave-up.safetensors")
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--clips", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
@@ -156,8 +157,9 @@ def main() -> None:
     print(f"[lora] data: {args.clips} clips in {data_seconds}s", flush=True)
     result = train(model, data, args.minutes)
     record = {**result["record"], "clips": args.clips, "data_seconds": data_seconds, "torch": torch.__version__}
-    save(result["adapters"], Path(args.out), record)
-    print(f"[lora] saved {args.out}: {record}", flush=True)
+    out = Path(args.out) if args.out else Path(args.model) / "loras" / "octave-up.safetensors"
+    save(result["adapters"], out, record)
+    print(f"[lora] saved {out}: {record}", flush=True)
 
 
 if __name__ == "__main__":

@@ -271,14 +271,15 @@ def sample_t(gen: torch.Generator, b: int) -> torch.Tensor:
     """A mixture: logit-normal around t = 0.75 (where the sampler decides what is heard), the
     default sampler's own t values slightly jittered (t = 1 included: the prompt alone), and
     uniform in log-SNR over the whole range, audio-to-audio's low starting levels and the last
-    steps' detail (silence must come out silent) included. t = 1 itself gets its own extra batch
-    (`prompt_only_loss`)."""
+    steps' detail (silence must come out silent) included; the shares of the first two are
+    TRAIN["t_mixture"]. t = 1 itself gets its own extra batch (`prompt_only_loss`)."""
     mid = torch.sigmoid(1.1 + 1.2 * torch.randn(b, generator=gen))
     pick = SAMPLER_TS[torch.randint(0, len(SAMPLER_TS), (b,), generator=gen)]
     pick = (pick + 0.02 * torch.randn(b, generator=gen)).clamp(max=1.0)
     wide = torch.sigmoid(-(-6.5 + 9.0 * torch.rand(b, generator=gen)))
+    mid_share, pick_share = C.TRAIN["t_mixture"]
     which = torch.rand(b, generator=gen)
-    t = torch.where(which < 0.35, mid, torch.where(which < 0.7, pick, wide))
+    t = torch.where(which < mid_share, mid, torch.where(which < mid_share + pick_share, pick, wide))
     return t.clamp(1e-3, 1.0)
 
 
