@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,8 +38,19 @@ from .models.attention import check_backend
 from .models.dit import check_attention_padding
 from .models.quant import check_quantize, quantize_model
 from .models.same import SAMEAutoencoder
+from .request import FIELDS, GenerationRequest, ModelDefaults
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What one run produced: audio (B, C, T) float32 (or latents), the seeds used, the resolved request."""
+
+    audio: torch.Tensor
+    seeds: list[int]
+    request: GenerationRequest
+    sample_rate: int
 
 
 def _check_chunking(chunk_size: int, overlap: int) -> None:
@@ -304,75 +316,80 @@ class StableAudioModel:
         return model
 
     @property
+    def defaults(self) -> ModelDefaults:
+        """The model's recommended settings and limits, which fill a request's unset options."""
+        return ModelDefaults.from_config(self.components.config)
+
+    @property
     def max_duration(self) -> float:
         """Longest output in seconds: the config's sample_size (380 s for medium, 120 s for small)."""
-        return self.components.max_samples / self.sample_rate
+        return self.defaults.max_duration
 
     @property
     def default_duration(self) -> float:
         """Seconds generated when no duration is given: the config's `default_duration` (3 s for the
         demo model), else 120 s (the reference's default) or the model's maximum if that is shorter."""
-        value = self.components.config.get("default_duration")
-        if masks.is_number(value) and 0 < value:
-            return min(float(value), self.max_duration)
-        return min(120.0, self.max_duration)
+        return self.defaults.duration
 
     @property
     def is_base(self) -> bool:
         """-base (rectified_flow) models want Euler, ~50 steps and cfg ~7; post-trained ones 8 steps, cfg 1."""
-        return self.components.diffusion_objective == "rectified_flow"
+        return self.defaults.is_base
 
     @property
     def recommended_steps(self) -> int:
-        """Steps the CLI, UI and server use when none are given: the config's `default_steps`, else
-        50 for -base models and 8 for post-trained ones. (`generate()` itself keeps the reference's 8.)"""
-        value = self.components.config.get("default_steps")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-        return 50 if self.is_base else 8
+        return self.defaults.steps
 
     @property
     def recommended_cfg_scale(self) -> float:
-        """The config's `default_cfg_scale`, else 7 for -base models and 1 for post-trained ones."""
-        value = self.components.config.get("default_cfg_scale")
-        if masks.is_number(value) and value >= 0:
-            return float(value)
-        return 7.0 if self.is_base else 1.0
+        return self.defaults.cfg_scale
 
     @torch.inference_mode()
-    def generate(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
-                 duration: float | Sequence[float] | None = None, steps: int = 8, cfg_scale: float = 1.0,
-                 seed: int | Sequence[int] = -1, batch_size: int = 1, **kwargs) -> torch.Tensor:
-        """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz (or the latents).
+    def run(self, request: GenerationRequest, callback=None) -> Generation:
+        """Generate what `request` asks for; unset options take this model's recommended values.
 
-        - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`; None: the model's
-          `default_duration`, 120 s for the official models): one value, or a list with one per batch
-          item. `seed`: an int, -1 for a random one, or a list of per-item
-          seeds (item i then equals a batch-1 call with seed i). `model.last_seeds` holds the seeds
-          used after the call (with one int seed the whole batch shares it).
-        - `init_audio` with `init_noise_level` (audio-to-audio); `inpaint_audio` with
-          `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers, or lists for several
-          regions) or `inpaint_mask`, or `continuation=True` (keep the whole given audio and continue
-          it up to `duration`). `inpaint_paste_back=True` puts the given audio back over the kept parts
-          of the result (exactly; 20 ms crossfades inside each regenerated region). Audio is
-          `(sample_rate, x)`, `(x, sample_rate)` or a file path.
-        - Guidance and sampling: `apg_scale` (1.0), `sampler_type` ('pingpong', 'euler', 'rk4',
-          'dpmpp'; default by model), `dist_shift`, `cfg_interval`, `scale_phi`, `cfg_norm_threshold`,
-          `duration_padding_sec` (6.0), `sample_size` (default: the model's maximum).
-        - Output: `chunked_decode` (None = the config's choice), `return_latents`,
-          `truncate_output_to_duration`, `clamp` (False: unclamped, for your own peak handling).
-        - `callback(step, total, x)` after every step (x: the current clean-latent estimate); returning
-          False raises `GenerationCancelled`. `noise_device="cpu"` draws all noise on the CPU so a
-          seed gives the same audio on every device.
-        """
+        `callback(step, total, x)` is called after every sampling step (x: the current clean-latent
+        estimate); returning False stops the run with `GenerationCancelled`. The result carries the
+        audio (B, C, T) float32 (or the latents), the seeds used and the resolved request."""
         from .pipeline import generate
 
-        if duration is None:
-            duration = self.default_duration
-        result, self.last_seeds = generate(self.components, prompt=prompt, negative_prompt=negative_prompt,
-                                           duration=duration, steps=steps, cfg_scale=cfg_scale, seed=seed,
-                                           batch_size=batch_size, **kwargs)
-        return result
+        resolved = request.resolve(self.defaults)
+        result, seeds = generate(self.components, resolved, callback=callback)
+        self.last_seeds = seeds
+        return Generation(result, seeds, resolved, self.sample_rate)
+
+    def generate(self, prompt: str | Sequence[str] | None = None, negative_prompt: str | Sequence[str] | None = None,
+                 duration: float | Sequence[float] | None = None, steps: int | None = None,
+                 cfg_scale: float | None = None, seed: int | Sequence[int] = -1, batch_size: int | None = None,
+                 callback=None, **options) -> torch.Tensor:
+        """Generate (B, 2, samples) float32 audio in [-1, 1] at 44.1 kHz (or the latents).
+
+        Every option of `GenerationRequest` is a keyword here; unset ones take the model's
+        recommendations (`model.defaults`: 8 steps, cfg 1, ping-pong for post-trained models, the
+        reference's defaults; 50, 7, Euler for -base ones; the demo's card values for the demo).
+        - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`), `seed`: one
+          value, or a list with one per batch item (a list sets the batch size). `seed`: an int
+          (one generator for the whole batch, as the reference), -1 for a random one, or a list of
+          per-item seeds (item i then equals a batch-1 call with seed i). `model.last_seeds` holds
+          the seeds used after the call.
+        - `init_audio` with `init_noise_level` (default 0.9 with init audio); `inpaint_audio` with
+          `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers, or lists for several
+          regions) or `inpaint_mask`, or `continuation=True`. `inpaint_paste_back=True` puts the
+          given audio back over the kept parts. Audio is `(sample_rate, x)`, `(x, sample_rate)` or a
+          file path.
+        - Guidance and sampling: `apg_scale`, `sampler_type`, `dist_shift`, `cfg_interval`,
+          `scale_phi`, `cfg_norm_threshold`, `duration_padding_sec`, `sample_size`, `lora_configs`.
+        - Output: `chunked_decode`, `return_latents`, `truncate_output_to_duration`, `clamp`.
+        - `callback(step, total, x)`: returning False raises `GenerationCancelled`.
+          `noise_device="cpu"` draws all noise on the CPU so a seed gives the same audio everywhere.
+        """
+        unknown = sorted(set(options) - set(FIELDS))
+        if unknown:
+            raise TypeError(f"generate() got unknown option(s) {', '.join(unknown)}; "
+                            f"allowed: {', '.join(FIELDS)}")
+        request = GenerationRequest(prompt=prompt, negative_prompt=negative_prompt, duration=duration, steps=steps,
+                                    cfg_scale=cfg_scale, seed=seed, batch_size=batch_size, **options)
+        return self.run(request, callback).audio
 
     # -- LoRA ------------------------------------------------------------------------------------
     def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:

@@ -153,7 +153,7 @@ def encode_audio_input(c: Components, audio: torch.Tensor) -> torch.Tensor:
     return c.autoencoder.encode_audio(audio.to(ae_dtype), chunked=c.chunked_default)
 
 
-def generate(
+def _legacy_generate(
     c: Components,
     prompt: str | Sequence[str] | None = None,
     negative_prompt: str | Sequence[str] | None = None,
@@ -356,3 +356,20 @@ def paste_back(audio: torch.Tensor, given: torch.Tensor, audio_mask: torch.Tenso
     out = audio.clone()
     out[..., :n] = weight * given[..., :n].to(audio) + (1 - weight) * audio[..., :n]
     return out
+
+
+def generate(c: Components, request, callback=None):
+    """Temporary bridge: a resolved GenerationRequest through the old keyword pipeline."""
+    import dataclasses
+    kwargs = {f.name: getattr(request, f.name) for f in dataclasses.fields(request)}
+    kwargs.pop("lora_configs")
+    if kwargs["init_audio"] is None:
+        kwargs["init_noise_level"] = 1.0
+    seed = kwargs["seed"]
+    durations = kwargs["duration"]
+    out, seeds = _legacy_generate(c, callback=callback, **kwargs)
+    if not isinstance(seed, list):
+        seeds = [seeds[0]] * request.batch_size
+    if kwargs["truncate_output_to_duration"] and not kwargs["return_latents"] and len(set(durations)) > 1:
+        out = out[..., : int(max(durations) * c.sample_rate)]
+    return out, seeds

@@ -1,0 +1,473 @@
+"""One generation request: every option of `generate()` with its default, its bounds and a line of help.
+
+The CLI's flags, the HTTP server's JSON schema and the web page's controls are all made from (or
+checked against) `GenerationRequest`, so an option is written down once. `GenerationRequest.verify`
+holds every check that needs no model; `resolve` fills the defaults that depend on the loaded model
+(steps, cfg_scale, sampler, duration, from `ModelDefaults`) and checks what needs the model's
+config (the maximum duration), still before any heavy work.
+
+Seeds, the one rule of every surface:
+- an int seed s gives the whole batch one generator seeded with s, as the reference does (item i of
+  a batch is then not the same as a batch-1 run with seed s);
+- a list gives each item its own generator, so item i equals a batch-1 run with seed[i];
+- -1 (alone or in a list) draws a seed uniformly from [0, 99999), the reference's range;
+- seeds lie in [-1, 2**63 - 1] (what JSON clients and SQLite hold as an integer).
+
+`init_noise_level`: with `init_audio` and no level, 0.9 (the reference's 1.0 would start from pure
+noise and ignore the audio); 1.0 is still accepted and then reproduces the reference.
+
+This module imports no torch, so front ends can build their parsers without loading it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLERS = ("pingpong", "euler", "rk4", "dpmpp")
+DEFAULT_SAMPLER = {"rf_denoiser": "pingpong", "rectified_flow": "euler"}
+ATTENTION_PADDING = ("exclude", "zero-values")
+QUANTIZE = ("int8",)
+DTYPES = ("float32", "bfloat16", "float16")
+
+SEED_MIN, SEED_MAX = -1, 2**63 - 1
+RANDOM_SEED_RANGE = (0, 99999)
+MAX_STEPS = 1000
+MAX_BATCH_SIZE = 64
+MAX_CFG_SCALE = 100.0
+MAX_PADDING_SECONDS = 60.0
+MAX_PROMPT_CHARS = 4000
+A2A_DEFAULT_NOISE_LEVEL = 0.9
+DEFAULT_DURATION_PADDING_SEC = 6.0
+REFERENCE_SAMPLE_SIZE = 5_292_032  # the reference generate()'s own cap (120 s) when a config has none
+
+# Options that cannot cross a text or JSON boundary; a surface may leave these out.
+PYTHON_ONLY = frozenset({"inpaint_mask", "noise_device", "return_latents", "truncate_output_to_duration"})
+
+
+class OptionError(ValueError):
+    """A refused option: `field` (the Python name), `value` and `allowed` (what would be accepted).
+
+    `str()` spells the field as Python does; `spelled(name)` lets a surface use its own spelling
+    (`--cfg-scale` on the command line, the JSON field name on the server)."""
+
+    def __init__(self, field: str, value: Any, allowed: str, detail: str | None = None):
+        self.field, self.value, self.allowed = field, value, allowed
+        self.detail = detail
+        super().__init__(self.spelled(field))
+
+    def spelled(self, name: str) -> str:
+        if self.detail is not None:
+            return f"{name}: {self.detail}"
+        return f"{name}={self.value!r} is invalid; {self.allowed}"
+
+
+def option(default: Any = None, help: str = "", *, low: float | None = None, high: float | None = None,
+           low_open: bool = False, integer: bool = False, choices: Sequence | None = None,
+           per_item: bool = False, from_model: bool = False, kind: str = "number") -> Any:
+    """A dataclass field carrying what every surface needs to expose and check the option."""
+    meta = dict(help=help, low=low, high=high, low_open=low_open, integer=integer, choices=choices,
+                per_item=per_item, from_model=from_model, kind=kind)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def is_number(value) -> bool:
+    """A real number (Python or numpy scalar), not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iuf"
+
+
+def _is_int(value) -> bool:
+    return is_number(value) and (isinstance(value, int) or getattr(value, "dtype", None) is not None
+                                 and value.dtype.kind in "iu")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Everything one generation call takes. None means "the default": for the options marked
+    `from_model`, the loaded model's recommendation (see `ModelDefaults`)."""
+
+    prompt: str | list[str] | None = option(None, "text prompt; a list gives one per batch item", per_item=True,
+                                            kind="text")
+    negative_prompt: str | list[str] | None = option(
+        None, "what to steer away from (used when cfg_scale != 1); one, or one per item", per_item=True, kind="text")
+    duration: float | list[float] | None = option(
+        None, "seconds; one, or one per item (default: the model's default duration)", low=0, low_open=True,
+        per_item=True, from_model=True)
+    steps: int | None = option(None, "sampling steps (default: the model's; 8 post-trained, 50 -base)", low=1,
+                               high=MAX_STEPS, integer=True, from_model=True)
+    cfg_scale: float | None = option(None, "classifier-free guidance scale (default: the model's; 1 post-trained, "
+                                     "7 -base)", low=0, high=MAX_CFG_SCALE, from_model=True)
+    seed: int | list[int] = option(-1, "-1 = random; one int for the batch (one shared generator), or one per "
+                                   "item", low=SEED_MIN, high=SEED_MAX, integer=True, per_item=True)
+    batch_size: int | None = option(None, "items to generate (default: the length of the per-item lists, else 1)",
+                                    low=1, high=MAX_BATCH_SIZE, integer=True)
+    sampler_type: str | None = option(None, "sampler (default: the model's; pingpong post-trained, euler -base)",
+                                      choices=SAMPLERS, from_model=True, kind="choice")
+    apg_scale: float = option(1.0, "1 = full adaptive projected guidance, 0 = plain CFG", low=0, high=1)
+    cfg_interval: tuple[float, float] = option((0.0, 1.0), "guidance only while t (1 = noise) is in [low, high]",
+                                               low=0, high=1, kind="pair")
+    scale_phi: float = option(0.0, "CFG rescale: 0 = off, 1 = full", low=0, high=1)
+    cfg_norm_threshold: float = option(0.0, "cap on the guidance norm per item; 0 = no cap", low=0, high=1e6)
+    dist_shift: Any = option(None, "timestep shift: {'type': 'logsnr'|'full'|'flux'|'none', ...options}; "
+                             "None = the model config's", kind="json")
+    duration_padding_sec: float = option(DEFAULT_DURATION_PADDING_SEC, "headroom generated past the duration "
+                                         "(seconds)", low=0, high=MAX_PADDING_SECONDS)
+    sample_size: int | None = option(None, "cap on the audio samples generated (default and maximum: the "
+                                     "model's)", low=1, integer=True, from_model=True)
+    init_audio: Any = option(None, "audio to transform (audio-to-audio)", kind="audio")
+    init_noise_level: float | None = option(
+        None, f"how far from init_audio to start: 0 = keep it, 1 = pure noise (default with init_audio: "
+        f"{A2A_DEFAULT_NOISE_LEVEL})", low=0, high=1)
+    inpaint_audio: Any = option(None, "audio to inpaint or continue", kind="audio")
+    inpaint_mask: Any = option(None, "audio-rate keep-mask tensor (1 keep, 0 regenerate)", kind="tensor")
+    inpaint_mask_start_seconds: float | list[float] | None = option(
+        None, "start of each region to regenerate (a list for several regions)", low=0, kind="regions")
+    inpaint_mask_end_seconds: float | list[float] | None = option(
+        None, "end of each region to regenerate", low=0, kind="regions")
+    continuation: bool = option(False, "keep all of inpaint_audio and continue it up to duration", kind="bool")
+    inpaint_paste_back: bool = option(False, "put inpaint_audio back exactly over the kept parts (20 ms "
+                                      "crossfades inside each regenerated region)", kind="bool")
+    lora_configs: list[dict] | None = option(
+        None, "per-LoRA sampling controls: [{'lora_index': i, 'interval': [low, high], 'layer_filter': "
+        "'names'}]: LoRA i acts only while t is in [low, high], and not on layers whose name holds a "
+        "filter entry", kind="json")
+    chunked_decode: bool | None = option(None, "decode in overlapping chunks (None: the model config's choice)",
+                                         kind="bool")
+    return_latents: bool = option(False, "return the latents instead of audio", kind="bool")
+    truncate_output_to_duration: bool = option(True, "cut the audio to the (longest) duration", kind="bool")
+    clamp: bool = option(True, "clamp the audio to [-1, 1]; False returns it unclamped", kind="bool")
+    noise_device: str | None = option(None, "device all noise is drawn on ('cpu': the same audio on every "
+                                      "device)", kind="text")
+
+    # -- checks that need no model ----------------------------------------------------------
+    def verify(self) -> GenerationRequest:
+        """Raise `OptionError` for the first option that is invalid on its own or against the others;
+        returns self so calls chain."""
+        prompts = _texts(self.prompt, "prompt", required=True)
+        negatives = None if self.negative_prompt is None else _texts(self.negative_prompt, "negative_prompt")
+        n = self.implied_batch_size()
+        for name, values in (("prompt", prompts), ("negative_prompt", negatives)):
+            for p in values or []:
+                if len(p) > MAX_PROMPT_CHARS:
+                    raise OptionError(name, f"{p[:40]}...", "", f"{len(p)} characters; at most {MAX_PROMPT_CHARS}")
+        if self.duration is not None:
+            for d in _items(self.duration):
+                check_number(d, "duration", 0, None, low_open=True)
+        for name in ("steps", "cfg_scale", "apg_scale", "scale_phi", "cfg_norm_threshold", "duration_padding_sec",
+                     "init_noise_level", "sample_size"):
+            value = getattr(self, name)
+            meta = FIELDS[name].metadata
+            if value is not None or name in ("apg_scale", "scale_phi", "cfg_norm_threshold", "duration_padding_sec"):
+                check_number(value, name, meta["low"], meta["high"], integer=meta["integer"])
+        for s in _items(self.seed):
+            if not _is_int(s) or not SEED_MIN <= s <= SEED_MAX:
+                raise OptionError("seed", s, f"an integer in [{SEED_MIN}, 2**63 - 1] is required (-1: random)")
+        if self.sampler_type is not None and self.sampler_type not in SAMPLERS:
+            raise OptionError("sampler_type", self.sampler_type, f"allowed: {', '.join(map(repr, SAMPLERS))}")
+        interval = self.cfg_interval
+        if not (isinstance(interval, (tuple, list)) and len(interval) == 2 and all(is_number(v) and 0 <= v <= 1
+                                                                                  for v in interval)
+                and interval[0] <= interval[1]):
+            raise OptionError("cfg_interval", interval, "(low, high) with 0 <= low <= high <= 1 is required")
+        for name in ("continuation", "inpaint_paste_back", "return_latents", "truncate_output_to_duration", "clamp"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionError(name, getattr(self, name), "True or False is required")
+        if self.chunked_decode not in (None, True, False) or not isinstance(self.chunked_decode, (bool, type(None))):
+            raise OptionError("chunked_decode", self.chunked_decode, "allowed: None (the config's), True, False")
+        if self.dist_shift is not None and not isinstance(self.dist_shift, dict) and not callable(
+                getattr(self.dist_shift, "shift", None)):
+            raise OptionError("dist_shift", self.dist_shift, "None, a dict of shift options, or an object with "
+                              ".shift(t, seq_len) is required")
+        self._verify_inpainting()
+        check_lora_configs(self.lora_configs)
+        if n < 1 or n > MAX_BATCH_SIZE:
+            raise OptionError("batch_size", n, f"an integer in [1, {MAX_BATCH_SIZE}] is required")
+        return self
+
+    def _verify_inpainting(self) -> None:
+        for name in ("init_audio", "inpaint_audio"):
+            check_audio_input(getattr(self, name), name)
+        regions = inpaint_regions(self.inpaint_mask_start_seconds, self.inpaint_mask_end_seconds)
+        if self.continuation:
+            if self.inpaint_audio is None:
+                raise OptionError("continuation", True, "", "continuation=True needs inpaint_audio: the audio to "
+                                  "continue")
+            if regions is not None:
+                raise OptionError("continuation", True, "", "continuation=True keeps all of inpaint_audio; it "
+                                  "takes no inpaint_mask_start_seconds / inpaint_mask_end_seconds")
+        elif self.inpaint_audio is not None and regions is None and self.inpaint_mask is None:
+            raise OptionError("inpaint_audio", "...", "", "inpaint_audio needs the regions to regenerate "
+                              "(inpaint_mask_start_seconds / inpaint_mask_end_seconds, or inpaint_mask) or "
+                              "continuation=True")
+        if self.inpaint_paste_back and (self.inpaint_audio is None or (regions is None and self.inpaint_mask is None
+                                                                       and not self.continuation)):
+            raise OptionError("inpaint_paste_back", True, "", "inpaint_paste_back=True needs inpaint_audio and the "
+                              "regions to regenerate (inpaint_mask_start_seconds / inpaint_mask_end_seconds, "
+                              "inpaint_mask, or continuation)")
+
+    def implied_batch_size(self) -> int:
+        """batch_size, or the length of the per-item lists; lists of different lengths are an error."""
+        lengths = {name: len(getattr(self, name)) for name in PER_ITEM
+                   if isinstance(getattr(self, name), (list, tuple))}
+        if self.batch_size is not None:
+            if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+                raise OptionError("batch_size", self.batch_size,
+                                  f"an integer in [1, {MAX_BATCH_SIZE}] is required")
+            for name, n in lengths.items():
+                if n != self.batch_size:
+                    raise OptionError(name, "...", "", f"{name} has {n} values but batch_size={self.batch_size}; "
+                                      "give one per item or one")
+            return int(self.batch_size)
+        if len(set(lengths.values())) > 1:
+            (a, na), (b, nb) = [(k, v) for k, v in lengths.items() if v != min(lengths.values())][0], \
+                min(lengths.items(), key=lambda kv: kv[1])
+            raise OptionError(a, "...", "", f"{a} has {na} values but {b} has {nb}; per-item lists must have "
+                              "the same length")
+        return next(iter(lengths.values()), 1)
+
+    # -- the model's defaults -----------------------------------------------------------------
+    def resolve(self, defaults: ModelDefaults) -> GenerationRequest:
+        """A verified copy with every model-dependent default filled in and per-item options as lists
+        of batch_size; checks the durations against the model's maximum."""
+        self.verify()
+        n = self.implied_batch_size()
+        sample_size = defaults.max_samples if self.sample_size is None else int(self.sample_size)
+        max_duration = sample_size / defaults.sample_rate
+        durations = [float(d) for d in _per_item(defaults.duration if self.duration is None else self.duration, n)]
+        for d in durations:
+            if d > max_duration + 1e-9:
+                raise OptionError("duration", d, "", f"duration={d:g} is too long; this model allows at most "
+                                  f"{max_duration:.2f} seconds")
+        seeds = [int(s) for s in _per_item(self.seed, n)] if isinstance(self.seed, (list, tuple)) else int(self.seed)
+        negatives = None if self.negative_prompt is None else list(_per_item(self.negative_prompt, n))
+        return dataclasses.replace(
+            self,
+            prompt=list(_per_item(self.prompt, n)),
+            negative_prompt=negatives,
+            duration=durations,
+            seed=seeds,
+            batch_size=n,
+            steps=defaults.steps if self.steps is None else int(self.steps),
+            cfg_scale=defaults.cfg_scale if self.cfg_scale is None else float(self.cfg_scale),
+            sampler_type=defaults.sampler if self.sampler_type is None else self.sampler_type,
+            sample_size=sample_size,
+            init_noise_level=(A2A_DEFAULT_NOISE_LEVEL if self.init_noise_level is None else
+                              float(self.init_noise_level)) if self.init_audio is not None else 1.0,
+            cfg_interval=(float(self.cfg_interval[0]), float(self.cfg_interval[1])),
+        )
+
+    def replace(self, **changes) -> GenerationRequest:
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(GenerationRequest)}
+PER_ITEM = tuple(name for name, f in FIELDS.items() if f.metadata["per_item"])
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a request's defaults and limits depend on, read from a model config alone."""
+
+    sample_rate: int
+    max_samples: int
+    steps: int
+    cfg_scale: float
+    sampler: str
+    duration: float
+    is_base: bool
+
+    @property
+    def max_duration(self) -> float:
+        return self.max_samples / self.sample_rate
+
+    @classmethod
+    def from_config(cls, config: dict) -> ModelDefaults:
+        """Post-trained (`rf_denoiser`): 8 steps, cfg 1, ping-pong (the reference's defaults); -base
+        (`rectified_flow`): 50, 7, Euler (the model card's); a config's `default_steps`,
+        `default_cfg_scale`, `default_sampler` and `default_duration` (the demo has them) win."""
+        objective = config["model"]["diffusion"].get("diffusion_objective", "v")
+        is_base = objective == "rectified_flow"
+        sample_rate = int(config.get("sample_rate", 44100))
+        max_samples = int(config.get("sample_size", REFERENCE_SAMPLE_SIZE))
+        steps = config.get("default_steps")
+        steps = steps if _is_int(steps) and 0 < steps <= MAX_STEPS else (50 if is_base else 8)
+        cfg = config.get("default_cfg_scale")
+        cfg = float(cfg) if is_number(cfg) and 0 <= cfg <= MAX_CFG_SCALE else (7.0 if is_base else 1.0)
+        sampler = config.get("default_sampler")
+        if sampler not in SAMPLERS:
+            sampler = DEFAULT_SAMPLER.get(objective, "pingpong")
+        max_duration = max_samples / sample_rate
+        duration = config.get("default_duration")
+        duration = min(float(duration), max_duration) if is_number(duration) and duration > 0 else \
+            min(120.0, max_duration)
+        return cls(sample_rate, max_samples, int(steps), cfg, sampler, duration, is_base)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a model is loaded; the CLI, the web page and the server take these the same way."""
+
+    device: str | None = option(None, "cpu, cuda, cuda:N, mps (default: the best available)", kind="text")
+    dtype: str | None = option(None, "float32, bfloat16 or float16 for the DiT and conditioners (default: float16 "
+                               "on CUDA, float32 elsewhere)", choices=DTYPES, kind="choice")
+    attention_padding: str = option("exclude", "exclude: padded latents take no part in attention (training "
+                                    "semantics); zero-values: the reference's CPU/MPS numbers",
+                                    choices=ATTENTION_PADDING, kind="choice")
+    quantize: str | None = option(None, "int8: CPU fast path for the DiT and autoencoder (no LoRA)",
+                                  choices=QUANTIZE, kind="choice")
+
+    def verify(self) -> LoadOptions:
+        for name in ("dtype", "attention_padding", "quantize"):
+            value, choices = getattr(self, name), LOAD_FIELDS[name].metadata["choices"]
+            if value is not None and value not in choices:
+                raise OptionError(name, value, f"allowed: {', '.join(map(repr, choices))}")
+        if self.quantize is not None and self.device not in (None, "cpu"):
+            raise OptionError("quantize", self.quantize, "", f"quantize={self.quantize!r} runs on the CPU only; "
+                              f"got device={self.device!r}")
+        return self
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of `StableAudioModel.from_pretrained`."""
+        device = self.device or ("cpu" if self.quantize else None)
+        return dict(device=device, dtype=self.dtype, attention_padding=self.attention_padding, quantize=self.quantize)
+
+
+LOAD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(LoadOptions)}
+
+
+# -- shared checks --------------------------------------------------------------------------------
+
+
+def check_number(value, name: str, low: float | None = None, high: float | None = None, *, integer: bool = False,
+                 low_open: bool = False) -> None:
+    """A finite number (an integer if asked) within [low, high] ((low, high] with low_open), else OptionError."""
+    ok = is_number(value) and math.isfinite(value) and (not integer or _is_int(value))
+    ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
+    if not ok:
+        kind = "an integer" if integer else "a number"
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        if high is None:
+            bounds = f" {lo}" if lo else ""
+        else:
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]" if low is not None else f" <= {high:g}"
+        raise OptionError(name, value, f"{kind}{bounds} is required")
+
+
+def _texts(value, name: str, required: bool = False) -> list[str]:
+    if value is None and required:
+        raise OptionError(name, None, "a string, or a list with one string per batch item, is required")
+    values = _items(value)
+    if not values:
+        raise OptionError(name, value, "a string, or a non-empty list of strings, is required")
+    for v in values:
+        if not isinstance(v, str):
+            raise OptionError(name, v, "a string is required")
+    return values
+
+
+def _items(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _per_item(value, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def check_audio_input(value, name: str) -> None:
+    """A path to an existing file, or (sample_rate, audio) / (audio, sample_rate) with an array."""
+    if value is None:
+        return
+    if isinstance(value, (str, os.PathLike)):
+        if os.path.isdir(value):
+            raise OptionError(name, str(value), "", f"{value} is a folder; an audio file is required")
+        if not os.path.isfile(value):
+            raise OptionError(name, str(value), "", f"audio file not found: {value}")
+        return
+    is_array = type(value).__module__.split(".")[0] in ("torch", "numpy")
+    if is_array:
+        raise OptionError(name, "array", "", "a bare array has no sample rate; pass (sample_rate, audio) or a "
+                          "file path")
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        arrays = [type(v).__module__.split(".")[0] in ("torch", "numpy") and hasattr(v, "shape") for v in value]
+        if arrays == [False, True] and is_number(value[0]) or arrays == [True, False] and is_number(value[1]):
+            return
+        raise OptionError(name, "...", "", "expected (sample_rate, audio) or (audio, sample_rate) with a tensor or "
+                          f"numpy array, got ({type(value[0]).__name__}, {type(value[1]).__name__})")
+    raise OptionError(name, "...", "", "expected (sample_rate, audio) or a path to an audio file, got "
+                      f"{type(value).__name__}")
+
+
+def inpaint_regions(start_seconds, end_seconds) -> list[tuple[float, float]] | None:
+    """Pair the region starts with their ends (both numbers or equal-length lists), sorted; None when
+    neither is given. A lone start or end, an empty or reversed region, and overlaps are refused."""
+    if start_seconds is None and end_seconds is None:
+        return None
+    if start_seconds is None or end_seconds is None:
+        given, missing = (("inpaint_mask_end_seconds", "inpaint_mask_start_seconds") if start_seconds is None
+                          else ("inpaint_mask_start_seconds", "inpaint_mask_end_seconds"))
+        raise OptionError(given, "...", "", f"{given} was given without {missing}; give both (numbers, or lists "
+                          "of equal length)")
+    start_list, end_list = isinstance(start_seconds, (list, tuple)), isinstance(end_seconds, (list, tuple))
+    if start_list != end_list:
+        raise OptionError("inpaint_mask_start_seconds", "...", "", "inpaint_mask_start_seconds and "
+                          "inpaint_mask_end_seconds must both be numbers or both be lists, got "
+                          f"{type(start_seconds).__name__} and {type(end_seconds).__name__}")
+    starts, ends = _items(start_seconds), _items(end_seconds)
+    if len(starts) != len(ends):
+        raise OptionError("inpaint_mask_start_seconds", "...", "", f"inpaint_mask_start_seconds has {len(starts)} "
+                          f"values but inpaint_mask_end_seconds has {len(ends)}; they must have the same length")
+    if not starts:
+        raise OptionError("inpaint_mask_start_seconds", [], "", "inpaint_mask_start_seconds is an empty list; give "
+                          "at least one region")
+    for s, e in zip(starts, ends, strict=True):
+        for name, v in (("inpaint_mask_start_seconds", s), ("inpaint_mask_end_seconds", e)):
+            if not is_number(v) or not math.isfinite(v) or v < 0:
+                raise OptionError(name, v, "a finite number of seconds >= 0 is required")
+        if e <= s:
+            raise OptionError("inpaint_mask_end_seconds", e, "", f"inpaint_mask_end_seconds={e!r} is not after "
+                              f"inpaint_mask_start_seconds={s!r}; each region must end after it starts")
+    regions = sorted((float(s), float(e)) for s, e in zip(starts, ends, strict=True))
+    for (s0, e0), (s1, e1) in zip(regions, regions[1:], strict=False):
+        if s1 < e0:
+            raise OptionError("inpaint_mask_start_seconds", "...", "", f"inpaint regions {s0:g}-{e0:g} s and "
+                              f"{s1:g}-{e1:g} s overlap; give non-overlapping regions (merge them into one)")
+    return regions
+
+
+def check_lora_configs(configs) -> None:
+    """[{'lora_index': int >= 0, 'interval': (low, high) in [0, 1], 'layer_filter': str}], or None.
+    Whether each index names a loaded LoRA is checked in the plan."""
+    if configs is None:
+        return
+    if not isinstance(configs, (list, tuple)):
+        raise OptionError("lora_configs", configs, "a list of {'lora_index', 'interval', 'layer_filter'} is required")
+    seen = set()
+    for i, c in enumerate(configs):
+        where = f"lora_configs[{i}]"
+        if not isinstance(c, dict) or not set(c) <= {"lora_index", "interval", "layer_filter"} or "lora_index" not in c:
+            raise OptionError(where, c, "a dict with 'lora_index' and optionally 'interval', 'layer_filter' is "
+                              "required")
+        index = c["lora_index"]
+        if not _is_int(index) or index < 0:
+            raise OptionError(f"{where}.lora_index", index, "an integer >= 0 is required")
+        if index in seen:
+            raise OptionError(f"{where}.lora_index", index, "each LoRA may appear once")
+        seen.add(index)
+        interval = c.get("interval", (0.0, 1.0))
+        if not (isinstance(interval, (list, tuple)) and len(interval) == 2
+                and all(is_number(v) and 0 <= v <= 1 for v in interval) and interval[0] <= interval[1]):
+            raise OptionError(f"{where}.interval", interval, "(low, high) with 0 <= low <= high <= 1 is required")
+        layer_filter = c.get("layer_filter", "")
+        if not isinstance(layer_filter, str):
+            raise OptionError(f"{where}.layer_filter", layer_filter, "a string of comma-separated name parts is "
+                              "required")
