@@ -32,6 +32,7 @@ from stable_audio_3.models.dit import DiffusionTransformer
 from stable_audio_3.models.quant import quantize_model
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 from stable_audio_3.pipeline import Components, generate
+from stable_audio_3.request import GenerationRequest, ModelDefaults
 
 T5_CONFIG = {  # google/t5gemma-b-b-ul2 encoder (spec §4.2; shapes confirmed by the manifest)
     "hidden_size": 768, "intermediate_size": 2048, "num_hidden_layers": 12, "num_attention_heads": 12,
@@ -108,8 +109,9 @@ def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float,
     """Median end-to-end time, and the latents and audio of the same seed."""
     def once(return_latents: bool = False) -> torch.Tensor:
         with torch.inference_mode():
-            out, _ = generate(c, prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
-                              seed=[7] * batch, batch_size=batch, return_latents=return_latents)
+            request = GenerationRequest(prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
+                                        seed=[7] * batch, return_latents=return_latents)
+            out, _ = generate(c, request.resolve(ModelDefaults.from_config(c.config)))
         if c.device.type == "cuda":
             torch.cuda.synchronize()
         return out

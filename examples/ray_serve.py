@@ -4,6 +4,7 @@
     python examples/ray_serve.py --model small-music --replicas 2          # two GPUs, fixed
     python examples/ray_serve.py --model small-music --max-replicas 8      # autoscale 1..8 GPUs
     python examples/ray_serve.py --model /path/to/model --cpu --replicas 2 --smoke  # try it on CPU
+    python examples/ray_serve.py --cpu --replicas 1 --lora octave-up --smoke        # the demo and its LoRA
 
 All replicas share --data-dir (job queue in SQLite + audio files): any replica accepts a job, the
 next idle one runs it, and any one answers for it. Across several nodes --data-dir must be on a
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="CPU replicas (no GPU needed)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--lora", action="append", default=[], metavar="[NAME=]PATH_OR_SHIPPED",
+                   help="a LoRA requests may use by name: a file, or one shipped with the model (demo: octave-up)")
     p.add_argument("--smoke", action="store_true", help="submit one job, wait for it, then stop")
     args = p.parse_args()
 
@@ -45,6 +48,7 @@ def main() -> None:
     from ray import serve
 
     from stable_audio_3.server.ray import build_app
+    from stable_audio_3.server.settings import lora_specs
 
     data_dir = args.data_dir or tempfile.mkdtemp(prefix="sa3-ray-")
     ray.init(num_cpus=max(2, (args.replicas or args.max_replicas) + 1) if args.cpu else None)
@@ -57,6 +61,7 @@ def main() -> None:
         max_replicas=args.max_replicas,
         num_gpus=0 if args.cpu else 1,
         num_cpus=0.5 if args.cpu else 1,
+        loras=lora_specs(args.lora),
     )
     serve.run(app, name="stable-audio-3", route_prefix="/")
     base = f"http://{args.host}:{args.port}"
@@ -69,7 +74,10 @@ def main() -> None:
             pass
         serve.shutdown()
         return
-    job = http("POST", base + "/v1/generate", {"prompt": "warm analog synth pad", "duration": 2.0, "seed": 1})
+    body = {"prompt": "warm analog synth pad", "duration": 2.0, "seed": 1}
+    if args.lora:
+        body["loras"] = [{"name": name} for name in lora_specs(args.lora)]
+    job = http("POST", base + "/v1/generate", body)
     while (info := http("GET", f"{base}/v1/jobs/{job['id']}"))["status"] not in ("completed", "failed", "cancelled"):
         time.sleep(0.2)
     print(f"job {info['id']}: {info['status']}, seeds {info['seeds']}, audio at {base}{info['audio_urls'][0]}")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["AutoencoderModel", "GenerationCancelled", "StableAudioModel", "__version__"]
+__all__ = ["AutoencoderModel", "GenerationCancelled", "GenerationRequest", "LoadOptions", "OptionError",
+           "StableAudioModel", "__version__"]
 
 
 def __getattr__(name: str):
@@ -12,6 +13,10 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
+    if name in ("GenerationRequest", "LoadOptions", "OptionError"):
+        from . import request
+
+        return getattr(request, name)
     if name == "GenerationCancelled":
         from .pipeline import GenerationCancelled
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import masks
 from .audio import as_channels_first, check_sample_rate, pad_or_crop, resample, set_channels
 from .loading import (
     AE_PREFIX,
@@ -22,6 +21,7 @@ from .loading import (
     ModelFiles,
     ModelLoadError,
     SafetensorsFile,
+    attach_text_encoder,
     autoencoder_section,
     bundled_loras,
     check_state,
@@ -32,7 +32,6 @@ from .loading import (
     resolve_dtype,
     resolve_model_files,
     split_checkpoint_keys,
-    text_encoder_downloader,
 )
 from .models.attention import check_backend
 from .models.dit import check_attention_padding
@@ -199,19 +198,8 @@ CHECKPOINT_PARTS = {"dit": DIT_PREFIX, "autoencoder": AE_PREFIX, "conditioner": 
 
 def _attach_text_encoder(conditioner, files: ModelFiles, text_encoder, device: torch.device,
                          token: str | None, offload: bool) -> None:
-    """Load the T5Gemma: `text_encoder=`, else the one fetched with a Hub model, else the model folder's
-    subfolder, else the Hub repo its config names. Any failure becomes one ModelLoadError."""
-    folder = text_encoder if text_encoder is not None else files.text_encoder_dir
-    try:
-        # The checkpoint's folder anchors the search (a Hub snapshot, a model folder, a file's folder).
-        conditioner.load_text_encoder(files.checkpoint_path, folder, device,
-                                      download=text_encoder_downloader(None, token), offload=offload)
-    except (FileNotFoundError, ValueError, OSError) as e:
-        raise ModelLoadError(
-            f"text encoder (T5Gemma) could not be loaded: {e}\n"
-            "Pass text_encoder=<folder with config.json, model.safetensors, tokenizer.json, tokenizer_config.json> "
-            "(the t5gemma-b-b-ul2/ folder of any Stable Audio 3 repo), or put that folder next to the checkpoint."
-        ) from e
+    """Load the T5Gemma; which folder holds it is `loading.text_encoder`'s rule. Failures are ModelLoadError."""
+    attach_text_encoder(conditioner, files, text_encoder, device, token=token, offload=offload)
 
 
 class StableAudioModel:
@@ -311,6 +299,7 @@ class StableAudioModel:
             quantize_model(dit, ae, conditioner.prompt_conditioners()["prompt"].text_encoder.model)
         components = Components(conditioner, dit, ae, cfg, device, attention_padding)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
+        components.loras = loras
         model = cls(components, files, loras)
         model.quantize = quantize
         return model

@@ -11,6 +11,9 @@ in float32 (as the reference's does).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 
@@ -104,3 +107,77 @@ def guided_velocity(
         ratio = cond_v.std(dim=1, keepdim=True) / v.std(dim=1, keepdim=True)
         v = scale_phi * (v * ratio) + (1 - scale_phi) * v
     return v
+
+
+@dataclass
+class RunConditioning:
+    """A run's prepared DiT conditioning: for plain passes (B) and for guided ones (2B: conditional
+    then unconditional half). Passed to every step as an argument, so one compiled step serves a
+    whole run even when a LoRA switch changes it part-way."""
+
+    plain: Any = None
+    guided: Any = None
+
+
+class GuidedDenoiser:
+    """The denoiser of one sampling run: the DiT, guided or plain, over a `RunConditioning`.
+
+    `plain(x, t, cond)` is one unguided pass; `guided(x, t, cond)` runs the conditional and
+    unconditional halves as one batch of 2B and mixes them (`guided_velocity`). Which one a model
+    call uses is decided up front from the schedule (`cfg_applies`), so neither reads a tensor value
+    on the host. Both return the velocity in x's dtype.
+    """
+
+    def __init__(self, dit, padding, guided_padding, padding_mask=None, cfg_scale: float = 1.0,
+                 apg_scale: float = 1.0, norm_threshold: float = 0.0, scale_phi: float = 0.0):
+        self.dit, self.padding, self.guided_padding, self.padding_mask = dit, padding, guided_padding, padding_mask
+        self.cfg_scale, self.apg_scale = cfg_scale, apg_scale
+        self.norm_threshold, self.scale_phi = norm_threshold, scale_phi
+
+    def plain(self, x: torch.Tensor, t: torch.Tensor, cond: RunConditioning) -> torch.Tensor:
+        return self.dit.step_velocity(x, t.float(), cond.plain, self.padding).to(x.dtype)
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: RunConditioning) -> torch.Tensor:
+        out_dtype = x.dtype
+        t = t.float()
+        x = x.to(self.dit.dtype)
+        v = self.dit.step_velocity(torch.cat([x, x]), torch.cat([t, t]), cond.guided, self.guided_padding)
+        cond_v, uncond_v = v.chunk(2, dim=0)
+        return guided_velocity(x, t, cond_v, uncond_v, self.cfg_scale, self.apg_scale, self.padding_mask,
+                               self.norm_threshold, self.scale_phi).to(out_dtype)
+
+
+def prepare_conditioning(dit, cross_attn_cond: torch.Tensor, global_cond: torch.Tensor,
+                         local_add_cond: torch.Tensor | None, negative_cross_attn_cond: torch.Tensor | None = None,
+                         negative_cross_attn_mask: torch.Tensor | None = None, *, plain: bool = True,
+                         guided: bool = True) -> RunConditioning:
+    """The DiT's step-invariant inputs for plain and/or guided passes. The unconditional half uses
+    the negative prompt's tokens (those with mask 0 zeroed) or, without one, zeros; both halves
+    share the global and local conditioning."""
+    out = RunConditioning()
+    if plain:
+        out.plain = dit.prepare(cross_attn_cond, global_cond, local_add_cond)
+    if guided:
+        dtype = dit.dtype
+        cross = cross_attn_cond.to(dtype)
+        negative = None if negative_cross_attn_cond is None else negative_cross_attn_cond.to(dtype)
+        uncond = unconditional_cross_cond(cross, negative, negative_cross_attn_mask)
+
+        def twice(a: torch.Tensor | None) -> torch.Tensor | None:
+            return None if a is None else torch.cat([a, a], dim=0)
+
+        out.guided = dit.prepare(torch.cat([cross, uncond], dim=0), twice(global_cond), twice(local_add_cond))
+    return out
+
+
+def guided_denoiser(dit, lengths: list[int], latent_length: int, padding_mask: torch.Tensor | None = None, *,
+                    attention_padding: str = "exclude", cfg_scale: float = 1.0, apg_scale: float = 1.0,
+                    cfg_norm_threshold: float = 0.0, scale_phi: float = 0.0,
+                    device: torch.device | str = "cpu") -> GuidedDenoiser:
+    """The run's denoiser for items with `lengths` valid latents of `latent_length`; `padding_mask`
+    (B, T) bool is the same as a mask, for APG and the norm threshold (the pipeline always gives one)."""
+    padding = dit.padding(lengths, latent_length, attention_padding, device)
+    guided_padding = dit.padding(lengths * 2, latent_length, attention_padding, device)
+    padding_mask = None if padding_mask is None else padding_mask.bool()
+    return GuidedDenoiser(dit, padding, guided_padding, padding_mask, cfg_scale, apg_scale, cfg_norm_threshold,
+                          scale_phi)

@@ -3,9 +3,11 @@ the DiT's local-add conditioning.
 
 Lengths. The latent sequence covers the longest requested duration plus `duration_padding_sec` of
 headroom (6 s by default), rounded up to whole latents and then to the autoencoder's attention-chunk
-alignment (2 latents), and capped by `sample_size` (an argument of generate(), 120 s by default, not
-the config value). Each item's valid length is its own duration in latents (rounded up) plus the
+alignment (2 latents), and capped by `sample_size` (a request option; by default the model's own
+maximum, its config's sample_size: 120 s for small, 380 s for medium, 6.13 s for the demo).
+Each item's valid length is its own duration in latents (rounded up) plus the
 headroom in whole latents; later positions are padding that attention ignores and decoding zeroes.
+The durations and regions given here were checked by `request.GenerationRequest.verify`.
 Training used the same layout, so the model expects silence-free headroom after the content.
 
 Inpaint masks are 1 where the given audio is kept and 0 where it is regenerated; the DiT receives
@@ -17,37 +19,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-DEFAULT_SAMPLE_SIZE = 5_292_032  # generate()'s own cap: 1292 latents, about 120 s, for every model
-DEFAULT_DURATION_PADDING_SEC = 6.0
+from .request import DEFAULT_DURATION_PADDING_SEC as _PADDING
+from .request import REFERENCE_SAMPLE_SIZE, inpaint_regions, is_number
+
+__all__ = ["inpaint_regions", "is_number"]  # used here; defined (and checked) in `request`
+
+DEFAULT_SAMPLE_SIZE = REFERENCE_SAMPLE_SIZE  # the reference generate()'s cap (120 s) when a config has none
+DEFAULT_DURATION_PADDING_SEC = _PADDING
 
 Seconds = float | Sequence[float]
-
-
-def is_number(value) -> bool:
-    """A real number (Python or numpy scalar), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def check_durations(duration: Seconds, batch_size: int = 1) -> list[float]:
-    """One positive finite duration (seconds) per batch item; a scalar is shared by all items."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid; a positive integer is required")
-    if isinstance(duration, (list, tuple)):
-        if len(duration) != batch_size:
-            raise ValueError(
-                f"duration has {len(duration)} values but batch_size={batch_size}; give one per item or a single number"
-            )
-        values = list(duration)
-    else:
-        values = [duration] * batch_size
-    for d in values:
-        if not is_number(d) or not math.isfinite(d) or d <= 0:
-            raise ValueError(f"duration={d!r} is invalid; a positive finite number of seconds is required")
-    return [float(d) for d in values]
 
 
 def _check_padding(padding_seconds: float) -> None:
@@ -83,7 +66,7 @@ def audio_sample_size(
             f"sample_size={sample_size!r} is invalid; an integer number of audio samples >= {downsampling_ratio} "
             "(one latent) is required"
         )
-    longest = max(check_durations(list(durations), len(durations)))
+    longest = max(durations)
     target = int((longest + padding_seconds) * sample_rate)
     target = -(-target // downsampling_ratio) * downsampling_ratio
     align = downsampling_ratio * latents_per_align
@@ -118,55 +101,6 @@ def padding_mask(lengths: torch.Tensor, latent_length: int) -> torch.Tensor:
 
 
 # -- inpainting ----------------------------------------------------------------------------------
-
-
-def inpaint_regions(start_seconds: Seconds | None, end_seconds: Seconds | None) -> list[tuple[float, float]] | None:
-    """Pair `inpaint_mask_start_seconds` with `inpaint_mask_end_seconds` (both scalars or equal-length lists).
-
-    None when neither is given. Unlike the reference, which silently ignores a lone start or end and
-    an empty or reversed region, those raise here.
-    """
-    if start_seconds is None and end_seconds is None:
-        return None
-    if start_seconds is None or end_seconds is None:
-        given, missing = (
-            ("inpaint_mask_end_seconds", "inpaint_mask_start_seconds")
-            if start_seconds is None
-            else ("inpaint_mask_start_seconds", "inpaint_mask_end_seconds")
-        )
-        raise ValueError(f"{given} was given without {missing}; give both (numbers, or lists of equal length)")
-    start_list, end_list = isinstance(start_seconds, (list, tuple)), isinstance(end_seconds, (list, tuple))
-    if start_list != end_list:
-        raise ValueError(
-            "inpaint_mask_start_seconds and inpaint_mask_end_seconds must both be numbers or both be lists, got "
-            f"{type(start_seconds).__name__} and {type(end_seconds).__name__}"
-        )
-    starts = list(start_seconds) if start_list else [start_seconds]
-    ends = list(end_seconds) if end_list else [end_seconds]
-    if len(starts) != len(ends):
-        raise ValueError(
-            f"inpaint_mask_start_seconds has {len(starts)} values but inpaint_mask_end_seconds has {len(ends)}; "
-            "they must have the same length"
-        )
-    if not starts:
-        raise ValueError("inpaint_mask_start_seconds is an empty list; give at least one region")
-    for s, e in zip(starts, ends, strict=True):
-        for name, v in (("inpaint_mask_start_seconds", s), ("inpaint_mask_end_seconds", e)):
-            if not is_number(v) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name}={v!r} is invalid; a finite number of seconds >= 0 is required")
-        if e <= s:
-            raise ValueError(
-                f"inpaint_mask_end_seconds={e!r} is not after inpaint_mask_start_seconds={s!r}; "
-                "each region must end after it starts"
-            )
-    regions = sorted((float(s), float(e)) for s, e in zip(starts, ends, strict=True))
-    for (s0, e0), (s1, e1) in zip(regions, regions[1:], strict=False):
-        if s1 < e0:
-            raise ValueError(
-                f"inpaint regions {s0:g}-{e0:g} s and {s1:g}-{e1:g} s overlap; give non-overlapping regions "
-                "(merge them into one)"
-            )
-    return regions
 
 
 def mask_from_regions(

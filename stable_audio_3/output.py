@@ -113,14 +113,18 @@ def codec_options(suffix: str, bit_depth: int | None = None, mp3_bitrate: int | 
 
 
 def save_item(path: Path, audio, sample_rate: int, metadata: dict[str, str], ceiling_db: float | None = None,
-              bit_depth: int | None = None, mp3_bitrate: int | None = None) -> tuple[Path, float]:
-    """Peak-limit one (C, T) item and write it atomically; returns (path, gain applied in dB)."""
+              bit_depth: int | None = None, mp3_bitrate: int | None = None,
+              clamp: bool = True) -> tuple[Path, float]:
+    """Peak-limit one (C, T) item and write it atomically; returns (path, gain applied in dB).
+    `clamp=False` writes the samples as they are, peaks above 0 dBFS included (a float WAV keeps them)."""
     from .audio import write_audio
 
     suffix = Path(path).suffix.lower()
-    audio, gain_db = limit_peak(audio, PEAK_CEILING_DB[suffix] if ceiling_db is None else ceiling_db)
+    gain_db = 0.0
+    if clamp:
+        audio, gain_db = limit_peak(audio, PEAK_CEILING_DB[suffix] if ceiling_db is None else ceiling_db)
     options = codec_options(suffix, bit_depth, mp3_bitrate)
-    return write_audio(path, audio, sample_rate, metadata=metadata, **options), gain_db
+    return write_audio(path, audio, sample_rate, metadata=metadata, clamp=clamp, **options), gain_db
 
 
 def progress_bar(total_hint: int | None = None, disable: bool = False) -> Callable[[int, int, object], None]:

@@ -162,7 +162,8 @@ class GenerationRequest:
                     raise OptionError(name, f"{p[:40]}...", "", f"{len(p)} characters; at most {MAX_PROMPT_CHARS}")
         if self.duration is not None:
             for d in _items(self.duration):
-                check_number(d, "duration", 0, None, low_open=True)
+                if not is_number(d) or not math.isfinite(d) or d <= 0:
+                    raise OptionError("duration", d, "a positive finite number of seconds is required")
         for name in ("steps", "cfg_scale", "apg_scale", "scale_phi", "cfg_norm_threshold", "duration_padding_sec",
                      "init_noise_level", "sample_size"):
             value = getattr(self, name)
@@ -219,6 +220,9 @@ class GenerationRequest:
         """batch_size, or the length of the per-item lists; lists of different lengths are an error."""
         lengths = {name: len(getattr(self, name)) for name in PER_ITEM
                    if isinstance(getattr(self, name), (list, tuple))}
+        for name, n in lengths.items():
+            if n == 0:
+                raise OptionError(name, [], "one value, or a non-empty list with one per item, is required")
         if self.batch_size is not None:
             if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
                 raise OptionError("batch_size", self.batch_size,
@@ -228,11 +232,11 @@ class GenerationRequest:
                     raise OptionError(name, "...", "", f"{name} has {n} values but batch_size={self.batch_size}; "
                                       "give one per item or one")
             return int(self.batch_size)
-        if len(set(lengths.values())) > 1:
-            (a, na), (b, nb) = [(k, v) for k, v in lengths.items() if v != min(lengths.values())][0], \
-                min(lengths.items(), key=lambda kv: kv[1])
-            raise OptionError(a, "...", "", f"{a} has {na} values but {b} has {nb}; per-item lists must have "
-                              "the same length")
+        names = list(lengths)
+        for name in names[1:]:
+            if lengths[name] != lengths[names[0]]:
+                raise OptionError(name, "...", "", f"{names[0]} has {lengths[names[0]]} values but {name} has "
+                                  f"{lengths[name]}; per-item lists must have the same length (the batch size)")
         return next(iter(lengths.values()), 1)
 
     # -- the model's defaults -----------------------------------------------------------------
@@ -242,11 +246,16 @@ class GenerationRequest:
         self.verify()
         n = self.implied_batch_size()
         sample_size = defaults.max_samples if self.sample_size is None else int(self.sample_size)
+        if sample_size > defaults.max_samples:
+            raise OptionError("sample_size", sample_size, f"at most this model's {defaults.max_samples} samples "
+                              f"({defaults.max_duration:.2f} s) is allowed")
         max_duration = sample_size / defaults.sample_rate
         durations = [float(d) for d in _per_item(defaults.duration if self.duration is None else self.duration, n)]
         for d in durations:
             if d > max_duration + 1e-9:
-                raise OptionError("duration", d, "", f"duration={d:g} is too long; this model allows at most "
+                cap = ("this model allows" if self.sample_size is None else
+                       f"sample_size={sample_size} allows")
+                raise OptionError("duration", d, "", f"duration={d:g} is too long; {cap} at most "
                                   f"{max_duration:.2f} seconds")
         seeds = [int(s) for s in _per_item(self.seed, n)] if isinstance(self.seed, (list, tuple)) else int(self.seed)
         negatives = None if self.negative_prompt is None else list(_per_item(self.negative_prompt, n))
@@ -355,12 +364,18 @@ def check_number(value, name: str, low: float | None = None, high: float | None 
     ok = ok and (low is None or (value > low if low_open else value >= low)) and (high is None or value <= high)
     if not ok:
         kind = "an integer" if integer else "a number"
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        lo = "" if low is None else f"{'>' if low_open else '>='} {_num(low)}"
         if high is None:
             bounds = f" {lo}" if lo else ""
+        elif low is not None:
+            bounds = f" in {'(' if low_open else '['}{_num(low)}, {_num(high)}]"
         else:
-            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}]" if low is not None else f" <= {high:g}"
+            bounds = f" <= {_num(high)}"
         raise OptionError(name, value, f"{kind}{bounds} is required")
+
+
+def _num(value: float) -> str:
+    return "2**63 - 1" if value == SEED_MAX else f"{value:g}"
 
 
 def _texts(value, name: str, required: bool = False) -> list[str]:

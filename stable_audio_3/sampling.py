@@ -3,14 +3,15 @@
 Convention: t = 1 is pure noise, t = 0 is data, x_t = (1 - t) x_0 + t noise, and the model predicts the
 velocity v = noise - x_0, so `x - t v` is its estimate of the clean latents.
 
-Every sampler is a short function `sampler(denoise, x, schedule, callback=None)`, where
-`denoise(x, t) -> v` is the guided DiT call (conditioning bound by the caller) and `t` has shape (B,).
+Every sampler is a short step function (see "samplers" below); `denoise(x, t) -> v` is the guided
+DiT call (conditioning bound by the caller) and `t` has shape (B,).
 Schedules are per batch item, shape (B, steps + 1): items of different valid lengths may get different
 schedules when the shift depends on the length.
 
-Randomness comes only from torch's global generator, in the reference's order, so a seeded run
-reproduces the official draws: `initial_noise` (one `randn`), then ping-pong's one `randn_like(x)` per
-step (the last one too, where it is multiplied by 0). Euler, RK4 and DPM++ draw nothing.
+Random draws come in the reference's order, so a seeded run reproduces the official ones: the
+starting noise (one `randn`), then ping-pong's one `randn_like(x)` per step (the last one too, where
+it is multiplied by 0). Euler, RK4 and DPM++ draw nothing. Where they come from (torch's global
+generator, or one generator per batch item) is the caller's choice (`models.noise.NoiseSource`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from .request import DEFAULT_SAMPLER, RANDOM_SEED_RANGE, SAMPLERS, SEED_MAX, SEED_MIN
+
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`denoise(x (B, C, T), t (B,)) -> v (B, C, T)`: the model's (guided) velocity."""
 
 StepCallback = Callable[[dict], None]
 """Called once per step with {"i", "steps", "t", "x", "denoised"} (x before the update)."""
 
-SAMPLERS = ("pingpong", "euler", "rk4", "dpmpp")
-DEFAULT_SAMPLER = {"rf_denoiser": "pingpong", "rectified_flow": "euler"}
 
 
 # -- seeding and noise ---------------------------------------------------------------------------
@@ -38,17 +39,18 @@ DEFAULT_SAMPLER = {"rf_denoiser": "pingpong", "rectified_flow": "euler"}
 def seed_generator(seed: int = -1) -> int:
     """Seed torch's global generators (CPU and every CUDA device) as generate() does; returns the seed.
 
-    -1 picks a random seed in [0, 99999), like the reference.
+    -1 picks a random seed in [0, 99999), like the reference (`request` states the seed rules).
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed={seed!r} is invalid; an integer is required (-1 for a random seed)")
-    seed = int(seed)
-    if seed == -1:
-        seed = int(np.random.randint(0, 99999))
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed={seed} is invalid; allowed: -1 (random) or an integer in [0, 2**64)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not SEED_MIN <= seed <= SEED_MAX:
+        raise ValueError(f"seed={seed!r} is invalid; an integer in [-1, 2**63 - 1] is required (-1: random)")
+    seed = random_seed() if seed == -1 else int(seed)
     torch.manual_seed(seed)
     return seed
+
+
+def random_seed() -> int:
+    """A seed for -1: uniform in the reference's range [0, 99999)."""
+    return int(np.random.randint(*RANDOM_SEED_RANGE))
 
 
 def initial_noise(
@@ -227,6 +229,117 @@ def default_sampler(diffusion_objective: str) -> str:
 
 
 # -- samplers ------------------------------------------------------------------------------------
+#
+# Each sampler is one step function `step(calls, x, k, previous) -> (x_next, denoised)`: `calls` are
+# the denoisers of the step's model calls (one each, four for RK4; the plan picks guided or plain
+# for each), `k` the step's tensors from `step_tables` (t, t_next and what the sampler needs),
+# `previous` the last step's clean estimate. A step does no host synchronisation and branches on
+# nothing but Python values fixed for the run, so it can be compiled or captured whole.
+
+
+def pingpong_step(calls, x, k, previous):
+    """Ping-pong (distilled models): jump to the clean estimate, re-noise to t_next with fresh noise
+    (drawn even at the last step, where its weight is 0)."""
+    t, t_next = k["t"], k["t_next"][:, None, None]
+    denoised = x - t[:, None, None] * calls[0](x, t)
+    return (1 - t_next) * denoised + t_next * k["noise"], denoised
+
+
+def euler_step(calls, x, k, previous):
+    """Euler integration of the flow ODE: x += (t_next - t) v(x, t). No randomness."""
+    t = k["t"]
+    v = calls[0](x, t)
+    return x + (k["t_next"] - t)[:, None, None] * v, x - t[:, None, None] * v
+
+
+def rk4_step(calls, x, k, previous):
+    """Classic 4-stage Runge-Kutta; the last stage at max(t_next, 1e-5): the model never saw t = 0."""
+    t, t_next = k["t"], k["t_next"]
+    dt = (t_next - t)[:, None, None]
+    k1 = calls[0](x, t)
+    t_mid = t + (t_next - t) / 2
+    k2 = calls[1](x + dt / 2 * k1, t_mid)
+    k3 = calls[2](x + dt / 2 * k2, t_mid)
+    k4 = calls[3](x + dt * k3, t_next.clamp(min=1e-5))
+    return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4), x - t[:, None, None] * k1
+
+
+def dpmpp_step(calls, x, k, previous):
+    """DPM-Solver++(2M) in rectified-flow form. `k["c"]` is 1 / (2 r) (r: the log-SNR step ratio)
+    where the second-order correction applies and 0 on the first and the final step."""
+    t, t_next = k["t"][:, None, None], k["t_next"][:, None, None]
+    denoised = x - t * calls[0](x, k["t"])
+    # (t_next - t) / ((1 - t_next) t) is expm1(-h) written without log-SNR, finite at t = 0 and 1.
+    coeff = (t_next - t) / ((1 - t_next).clamp(min=1e-10) * t.clamp(min=1e-10))
+    c = k["c"][:, None, None]
+    target = (1 + c) * denoised - c * previous
+    return (t_next / t.clamp(min=1e-10)) * x - (1 - t_next) * coeff * target, denoised
+
+
+STEPS = {"pingpong": pingpong_step, "euler": euler_step, "rk4": rk4_step, "dpmpp": dpmpp_step}
+CALLS_PER_STEP = {"pingpong": 1, "euler": 1, "rk4": 4, "dpmpp": 1}
+
+
+def _log_snr(t: torch.Tensor) -> torch.Tensor:
+    return ((1 - t).clamp(min=1e-10) / t.clamp(min=1e-10)).log()
+
+
+def step_tables(sampler: str, schedule: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Per-step tensors (steps, B) of a (B, steps + 1) schedule, in the dtypes the sampler uses: the
+    ping-pong and Euler steps see t in the latents' dtype, RK4 and DPM++ in float32."""
+    t, t_next = schedule[:, :-1].T, schedule[:, 1:].T
+    if sampler in ("pingpong", "euler"):
+        return {"t": t.to(dtype), "t_next": t_next.to(dtype)}
+    tables = {"t": t.contiguous(), "t_next": t_next.contiguous()}
+    if sampler == "dpmpp":
+        c = torch.zeros_like(t)
+        for i in range(1, t.shape[0]):
+            if not bool((t_next[i] == 0).all()):
+                r = (_log_snr(t[i]) - _log_snr(t[i - 1])) / (_log_snr(t_next[i]) - _log_snr(t[i]))
+                c[i] = 1 / (2 * r)
+        tables["c"] = c
+    return tables
+
+
+def call_times(sampler: str, tables: dict[str, torch.Tensor]) -> list[list[float]]:
+    """For every step, the first item's t at each model call (guidance decides on it)."""
+    t, t_next = tables["t"][:, 0].float(), tables["t_next"][:, 0].float()
+    if sampler != "rk4":
+        return [[v] for v in t.tolist()]
+    mid = t + (t_next - t) / 2
+    return [list(row) for row in zip(t.tolist(), mid.tolist(), mid.tolist(), t_next.clamp(min=1e-5).tolist(),
+                                     strict=True)]
+
+
+def sample(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    schedule: torch.Tensor,
+    sampler: str = "pingpong",
+    callback: StepCallback | None = None,
+    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
+) -> torch.Tensor:
+    """Run the named sampler from x (already noised to schedule[:, 0]) down to t = 0 with one
+    denoiser for every call (the plain loop; generate() runs the same steps from its plan).
+
+    `randn_like` supplies ping-pong's fresh noise, one draw per step (torch's global generator by default).
+    """
+    if sampler not in STEPS:
+        raise ValueError(f"sampler_type={sampler!r} is unknown; allowed: {', '.join(map(repr, SAMPLERS))}")
+    schedule = _columns(schedule, x)
+    tables = step_tables(sampler, schedule, x.dtype)
+    calls = (denoise,) * CALLS_PER_STEP[sampler]
+    steps = schedule.shape[1] - 1
+    previous = torch.zeros_like(x)
+    for i in range(steps):
+        k = {name: table[i] for name, table in tables.items()}
+        if sampler == "pingpong":
+            k["noise"] = randn_like(x)
+        x_next, previous = STEPS[sampler](calls, x, k, previous)
+        if callback is not None:
+            callback({"i": i, "steps": steps, "t": k["t"], "x": x, "denoised": previous})
+        x = x_next
+    return x
 
 
 def _columns(schedule: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -239,117 +352,3 @@ def _columns(schedule: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             "expected (batch, steps + 1) or (steps + 1,) with at least 2 points"
         )
     return schedule.to(x.device)
-
-
-def _report(
-    callback: StepCallback | None, i: int, steps: int, t: torch.Tensor, x: torch.Tensor, denoised: torch.Tensor
-) -> None:
-    if callback is not None:
-        callback({"i": i, "steps": steps, "t": t, "x": x, "denoised": denoised})
-
-
-def sample_pingpong(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    schedule: torch.Tensor,
-    callback: StepCallback | None = None,
-    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
-) -> torch.Tensor:
-    """Ping-pong sampling for distilled models: jump to the clean estimate, re-noise to the next t with
-    fresh noise. The final step re-noises with weight 0, but still draws (RNG order)."""
-    schedule = _columns(schedule, x)
-    steps = schedule.shape[1] - 1
-    for i in range(steps):
-        t_now = schedule[:, i].to(x.dtype)
-        t_next = schedule[:, i + 1].to(x.dtype)[:, None, None]
-        denoised = x - t_now[:, None, None] * denoise(x, t_now)
-        _report(callback, i, steps, t_now, x, denoised)
-        x = (1 - t_next) * denoised + t_next * randn_like(x)
-    return x
-
-
-def sample_euler(
-    denoise: Denoiser, x: torch.Tensor, schedule: torch.Tensor, callback: StepCallback | None = None
-) -> torch.Tensor:
-    """Euler integration of the flow ODE: x += (t_next - t) v(x, t). No randomness."""
-    schedule = _columns(schedule, x)
-    steps = schedule.shape[1] - 1
-    for i in range(steps):
-        t_now = schedule[:, i].to(x.dtype)
-        dt = (schedule[:, i + 1].to(x.dtype) - t_now)[:, None, None]
-        v = denoise(x, t_now)
-        if callback is not None:
-            _report(callback, i, steps, t_now, x, x - t_now[:, None, None] * v)
-        x = x + dt * v
-    return x
-
-
-def sample_rk4(
-    denoise: Denoiser, x: torch.Tensor, schedule: torch.Tensor, callback: StepCallback | None = None
-) -> torch.Tensor:
-    """Classic 4-stage Runge-Kutta (4 model calls per step); the last stage is evaluated at
-    max(t_next, 1e-5) because the model is never trained at t = 0."""
-    schedule = _columns(schedule, x)
-    steps = schedule.shape[1] - 1
-    for i in range(steps):
-        t_now, t_next = schedule[:, i], schedule[:, i + 1]
-        dt = (t_next - t_now)[:, None, None]
-        k1 = denoise(x, t_now)
-        if callback is not None:
-            _report(callback, i, steps, t_now, x, x - t_now[:, None, None] * k1)
-        t_mid = t_now + (t_next - t_now) / 2
-        k2 = denoise(x + dt / 2 * k1, t_mid)
-        k3 = denoise(x + dt / 2 * k2, t_mid)
-        k4 = denoise(x + dt * k3, t_next.clamp(min=1e-5))
-        x = x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    return x
-
-
-def _log_snr(t: torch.Tensor) -> torch.Tensor:
-    return ((1 - t).clamp(min=1e-10) / t.clamp(min=1e-10)).log()
-
-
-def sample_dpmpp(
-    denoise: Denoiser, x: torch.Tensor, schedule: torch.Tensor, callback: StepCallback | None = None
-) -> torch.Tensor:
-    """DPM-Solver++(2M) in rectified-flow form: first-order on the first and the final step, otherwise a
-    second-order correction from the previous clean estimate, with step ratios measured in log-SNR."""
-    schedule = _columns(schedule, x)
-    steps = schedule.shape[1] - 1
-    previous = None
-    for i in range(steps):
-        t_now, t_next = schedule[:, i][:, None, None], schedule[:, i + 1][:, None, None]
-        denoised = x - t_now * denoise(x, schedule[:, i])
-        _report(callback, i, steps, schedule[:, i], x, denoised)
-        # (t_next - t) / ((1 - t_next) t) is expm1(-h) written without log-SNR, finite at t = 0 and 1.
-        coeff = (t_next - t_now) / ((1 - t_next).clamp(min=1e-10) * t_now.clamp(min=1e-10))
-        target = denoised
-        if previous is not None and not bool((t_next == 0).all()):
-            t_prev = schedule[:, i - 1][:, None, None]
-            r = (_log_snr(t_now) - _log_snr(t_prev)) / (_log_snr(t_next) - _log_snr(t_now))
-            target = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
-        x = (t_next / t_now.clamp(min=1e-10)) * x - (1 - t_next) * coeff * target
-        previous = denoised
-    return x
-
-
-SAMPLER_FUNCTIONS = {"pingpong": sample_pingpong, "euler": sample_euler, "rk4": sample_rk4, "dpmpp": sample_dpmpp}
-
-
-def sample(
-    denoise: Denoiser,
-    x: torch.Tensor,
-    schedule: torch.Tensor,
-    sampler: str = "pingpong",
-    callback: StepCallback | None = None,
-    randn_like: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like,
-) -> torch.Tensor:
-    """Run the named sampler from x (already noised to schedule[:, 0]) down to t = 0.
-
-    `randn_like` supplies the stochastic samplers' fresh noise (torch's global generator by default).
-    """
-    if sampler not in SAMPLER_FUNCTIONS:
-        raise ValueError(f"sampler_type={sampler!r} is unknown; allowed: {', '.join(map(repr, SAMPLERS))}")
-    if sampler == "pingpong":
-        return sample_pingpong(denoise, x, schedule, callback, randn_like)
-    return SAMPLER_FUNCTIONS[sampler](denoise, x, schedule, callback)

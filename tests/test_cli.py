@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import shlex
 import subprocess
@@ -13,7 +15,7 @@ import soundfile as sf
 import torch
 from golden import fixture_dir
 
-from stable_audio_3 import cli
+from stable_audio_3 import cli, output
 from stable_audio_3.audio import read_audio, write_audio
 
 SR = 44100
@@ -141,33 +143,51 @@ def test_lora_flags_reach_the_model(tmp_path: Path, capsys: pytest.CaptureFixtur
     none, full, off = (read_audio(tmp_path / f"{n}.wav")[0] for n in ("none", "full", "off"))
     assert torch.allclose(none, off, atol=1e-5)
     assert not torch.allclose(none, full, atol=1e-3)
+    comments = [sf.SoundFile(str(tmp_path / f"{n}.wav")).copy_metadata()["comment"] for n in ("none", "full", "off")]
+    assert "lora=" not in comments[0]
+    assert comments[1].endswith(" lora=lora_a.safetensors@1") and comments[2].endswith(" lora=lora_a.safetensors@0")
     assert "wrote" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--chunked-decode", "--no-chunked-decode"], "--no-chunked-decode: not allowed with argument --chunked"),
-        (["--duration", "0"], "argument --duration: 0 must be > 0"),
+        (["--duration", "0"], "argument --duration: 0 is invalid; a number > 0 is required"),
         (["--duration", "abc"], "argument --duration: 'abc' is not a number"),
-        (["--steps", "0"], "argument --steps: 0 must be >= 1"),
-        (["--apg-scale", "2"], "argument --apg-scale: 2 must be <= 1"),
-        (["--sampler", "ddim"], "argument --sampler: invalid choice: 'ddim'"),
-        (["--seed", "-2"], "argument --seed: -2 must be >= -1"),
-        (["--inpaint-start", "1"], "--inpaint-start and --inpaint-end must pair up"),
-        (["--inpaint-start", "1", "--inpaint-end", "2"], "--inpaint-start/--inpaint-end needs --inpaint-audio"),
-        (["--inpaint-start", "2", "--inpaint-end", "1"], "--inpaint-end 1 must be after --inpaint-start 2"),
-        (["--continuation"], "--continuation needs --inpaint-audio"),
-        (["--init-audio", "missing.wav"], "--init-audio: file not found: missing.wav"),
-        (["-p", "b", "--batch-size", "3"], "--batch-size 3 does not match the 2 --prompt values"),
-        (["--batch-size", "3", "--seed", "1", "2"], "--seed: got 2 values for a batch of 3"),
-        (["--batch-size", "2", "--duration", "1", "2", "3"], "--duration: got 3 values for a batch of 2"),
+        (["--steps", "0"], "argument --steps: 0 is invalid; an integer in [1, 1000] is required"),
+        (["--steps", "2.5"], "argument --steps: '2.5' is not an integer"),
+        (["--apg-scale", "2"], "argument --apg-scale: 2 is invalid; a number in [0, 1] is required"),
+        (["--cfg-scale", "-1"], "argument --cfg-scale: -1 is invalid; a number in [0, 100] is required"),
+        (["--sampler", "ddim"], "argument --sampler/--sampler-type: invalid choice: 'ddim'"),
+        (["--seed", "-2"], "argument --seed: -2 is invalid; an integer in [-1, "),
+        (["--dist-shift", "{"], "argument --dist-shift: '{' is not valid JSON"),
+        (["--cfg-interval", "0.8", "0.2"],
+         "stable-audio: error: --cfg-interval=(0.8, 0.2) is invalid; (low, high) with 0 <= low <= high <= 1 is "
+         "required\n"),
+        (["--inpaint-start", "1"], "stable-audio: error: --inpaint-start was given without --inpaint-end; give both"),
+        (["--inpaint-start", "2", "--inpaint-end", "1"],
+         "stable-audio: error: --inpaint-end=1.0 is not after --inpaint-start=2.0; each region must end after it "
+         "starts\n"),
+        (["--continuation"], "stable-audio: error: --continuation needs --inpaint-audio: the audio to continue\n"),
+        (["--paste-back"], "stable-audio: error: --paste-back needs --inpaint-audio and the regions to regenerate"),
+        (["--init-audio", "missing.wav"], "stable-audio: error: --init-audio: audio file not found: missing.wav\n"),
+        (["-p", "b", "--batch-size", "3"],
+         "stable-audio: error: --prompt has 2 values but --batch-size=3; give one per item or one\n"),
+        (["--batch-size", "3", "--seed", "1", "2"], "stable-audio: error: --seed has 2 values but --batch-size=3"),
+        (["--duration", "1", "2", "3", "--seed", "1", "2"],
+         "stable-audio: error: --duration has 3 values but --seed has 2; per-item lists must have the same length"),
+        (["--lora-configs", '[{"lora_index": -1}]'],
+         "stable-audio: error: --lora-configs[0].lora_index=-1 is invalid; an integer >= 0 is required\n"),
+        (["--quantize", "int8", "--device", "cuda"],
+         "stable-audio: error: --quantize='int8' runs on the CPU only; got --device='cuda'\n"),
         (["-o", "x.aiff"], "-o/--output: unsupported extension '.aiff'"),
         (["-o", "x.flac", "--bit-depth", "32"], "--bit-depth 32 does not apply to .flac output"),
         (["-o", "x.wav", "--mp3-bitrate", "128"], "--mp3-bitrate applies to .mp3 output only"),
         (["-o", "x.mp3", "--mp3-bitrate", "100"], "argument --mp3-bitrate: invalid choice: 100"),
+        (["-o", "x.flac", "--no-clamp"], "--no-clamp keeps samples beyond [-1, 1], which only a 32-bit float .wav"),
+        (["--no-clamp", "--peak-ceiling", "-1"], "--peak-ceiling applies with --clamp only"),
         (["--lora-strength", "0.5"], "--lora-strength/--lora-index need --lora-ckpt-path"),
-        (["--peak-ceiling", "3"], "argument --peak-ceiling: 3 must be <= 0"),
+        (["--peak-ceiling", "3"], "argument --peak-ceiling: 3 is invalid; a number in [-60, 0] is required"),
     ],
 )
 def test_usage_errors_exit_2_naming_the_flag(tmp_path: Path, args: list[str], message: str) -> None:
@@ -186,34 +206,141 @@ def test_lora_index_errors_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2 and "several --lora-strength values need a --lora-index each" in res.stderr
 
 
-def test_model_and_value_errors_are_one_line_exit_1(tmp_path: Path) -> None:
+def test_demo_loras_by_name_are_checked_before_loading(tmp_path: Path) -> None:
+    parser = cli.build_generate_parser()
+    args = parser.parse_args(["-p", "x", "--lora-ckpt-path", "octave-up", "--lora-strength", "0.5", "-o",
+                              str(tmp_path / "x.wav")])
+    request, load, loras = cli.check_generate_args(parser, args)
+    assert loras == [("octave-up", 0.5)] and request.prompt == "x" and load.attention_padding == "exclude"
+    res = run("-p", "x", "--lora-ckpt-path", "octave-down", "-o", str(tmp_path / "x.wav"))
+    assert res.returncode == 2
+    assert "--lora-ckpt-path: file not found: octave-down (LoRAs shipped with demo: octave-up)" in res.stderr
+
+
+def test_invalid_options_exit_2_before_any_model_loads(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    from stable_audio_3.api import StableAudioModel
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(StableAudioModel, "from_pretrained", no_load)
+    for args, message in [
+        ("--cfg-interval 0.5 0.4", "--cfg-interval=(0.5, 0.4) is invalid"),
+        ("-p y --duration 1 2 3", "--prompt has 2 values but --duration has 3; per-item lists must have"),
+        ("--dist-shift 3", "--dist-shift=3 is invalid; None, a dict of shift options"),
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["-q", "-p", "x", *shlex.split(args)])
+        assert exit_.value.code == 2
+        assert f"stable-audio: error: {message}" in capsys.readouterr().err
+
+
+def test_every_request_field_has_one_flag_with_its_default_and_bounds() -> None:
+    from stable_audio_3.request import FIELDS, LOAD_FIELDS, PYTHON_ONLY
+
+    parser = cli.build_generate_parser()
+    flags = cli.generation_flags(parser)
+    fields = {**{n: f for n, f in FIELDS.items() if n not in PYTHON_ONLY}, **LOAD_FIELDS}
+    assert set(flags) == set(fields)
+    for name, field in fields.items():
+        meta, action = field.metadata, flags[name]
+        assert [a for a in parser._actions if a.dest == name and a.help != argparse.SUPPRESS] == [action], name
+        assert "--" + name.replace("_", "-") in action.option_strings, name
+        assert action.default == (None if meta["from_model"] else field.default), name
+        if meta["kind"] in ("number", "pair", "regions"):
+            bounds = {k: getattr(action.type, k) for k in ("low", "high", "low_open", "integer")}
+            assert bounds == {k: meta[k] for k in bounds}, name
+        if meta["choices"]:
+            assert tuple(action.choices) == tuple(meta["choices"]), name
+        if meta["per_item"]:
+            assert action.nargs == "+", name
+        if meta["kind"] == "bool":
+            assert isinstance(action, argparse.BooleanOptionalAction), name
+    assert flags["cfg_interval"].nargs == 2 and flags["chunked_decode"].default is None
+    aliases = [("-p", "prompt"), ("--sampler", "sampler_type"), ("--inpaint-start", "inpaint_mask_start_seconds"),
+               ("--inpaint-end", "inpaint_mask_end_seconds"), ("--paste-back", "inpaint_paste_back"),
+               ("--duration-padding", "duration_padding_sec"), ("--no-chunked-decode", "chunked_decode")]
+    for alias, name in aliases:
+        assert alias in flags[name].option_strings
+    args = parser.parse_args(["-p", "x", "--no-half"])
+    assert args.dtype == "float32"  # the old spelling of --dtype float32, kept hidden
+
+
+def test_help_states_the_models_defaults() -> None:
+    flags = cli.generation_flags(cli.build_generate_parser())
+    recommendation = ("default: the model's recommendation (demo: 32 steps, cfg 4, euler; post-trained: 8, 1, "
+                      "pingpong; -base: 50, 7, euler)")
+    for name in ("steps", "cfg_scale", "sampler_type"):
+        assert recommendation in flags[name].help
+    assert "(default: the model's (demo: 3 s; others: 120 s" in flags["duration"].help
+    assert "used when --cfg-scale != 1" in flags["negative_prompt"].help  # Python names in flag spelling
+    assert "(default: 6.0)" in flags["duration_padding_sec"].help
+
+
+def test_one_value_is_one_value_for_the_batch_and_lists_are_per_item() -> None:
+    parser = cli.build_generate_parser()
+    r = cli.request_from_args(parser.parse_args(shlex.split("-p x --seed 7 --batch-size 2 --inpaint-start 1")))
+    assert (r.prompt, r.seed, r.batch_size, r.inpaint_mask_start_seconds) == ("x", 7, 2, [1.0])
+    r = cli.request_from_args(parser.parse_args(shlex.split("-p x -p y --seed 7 8 --cfg-interval 0.1 0.9")))
+    assert (r.prompt, r.seed, r.batch_size, r.cfg_interval) == (["x", "y"], [7, 8], None, (0.1, 0.9))
+    r = cli.request_from_args(parser.parse_args(["-p", "x", "--dist-shift", '{"type": "none"}']))
+    assert r.dist_shift == {"type": "none"} and r.init_noise_level is None and r.clamp is True
+
+
+def test_one_seed_for_a_batch_is_one_shared_generator(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main(f"-p x --seed 7 --batch-size 2 --duration 1 --duration-padding 0 --model {q(tiny())}",
+         "-o", str(tmp_path / "b.wav"))
+    out = capsys.readouterr().out
+    for i in range(2):
+        path = tmp_path / f"b_{i}.wav"
+        comment = sf.SoundFile(str(path)).copy_metadata()["comment"]
+        assert comment.startswith(f"seed=7 batch_size=2 item={i} model={tiny()} steps=8 cfg_scale=1 "), comment
+        assert f"wrote {path} (1.00 s, seed 7, item {i} of a batch" in out
+    a, b = (read_audio(tmp_path / f"b_{i}.wav")[0] for i in range(2))
+    assert not torch.allclose(a, b, atol=1e-3)  # one generator: the items differ
+
+
+def test_no_clamp_writes_the_models_samples_as_they_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stable_audio_3.api import StableAudioModel
+
+    run_ = StableAudioModel.run
+
+    def loud(self, request, callback=None):  # the model's output, twice as loud: peaks well above 0 dBFS
+        assert request.clamp is False  # the CLI never asks the model to clip
+        gen = run_(self, request, callback)
+        return dataclasses.replace(gen, audio=gen.audio / gen.audio.abs().max() * 2)
+
+    monkeypatch.setattr(StableAudioModel, "run", loud)
+    common = f"-p x --seed 1 --duration 0.5 --duration-padding 0 --model {q(tiny())}"
+    main(f"{common} --no-clamp", "-o", str(tmp_path / "raw.wav"))
+    main(common, "-o", str(tmp_path / "limited.wav"))
+    raw, limited = read_audio(tmp_path / "raw.wav")[0], read_audio(tmp_path / "limited.wav")[0]
+    assert raw.abs().max() == pytest.approx(2.0)
+    torch.testing.assert_close(limited, raw * 10 ** (-0.1 / 20) / 2, atol=1e-6, rtol=0)  # one gain, no clipping
+
+
+def test_too_long_for_the_model_is_a_usage_error_after_loading(tmp_path: Path) -> None:
     res = run("-p", "a", "--model", "no-such-model", "-o", str(tmp_path / "x.wav"))
     assert res.returncode == 1
     assert res.stderr.startswith("stable-audio: error: unknown model 'no-such-model'")
     assert "Traceback" not in res.stderr
     res = run("-q", "-p", "a", "--model", tiny(), "--duration", "500", "-o", str(tmp_path / "x.wav"))
-    assert res.returncode == 1
+    assert res.returncode == 2
     assert res.stderr.strip() == (
-        "stable-audio: error: duration=500 is too long; this model allows at most 120.00 seconds"
+        "stable-audio: error: --duration=500 is too long; this model allows at most 120.00 seconds"
     )
     assert not list(tmp_path.iterdir())
 
 
-def test_item_seeds_make_every_file_reproducible_alone() -> None:
-    assert cli.item_seeds([7], 1) == 7
-    assert cli.item_seeds([7], 3) == [7, 8, 9]
-    assert cli.item_seeds([-1], 2) == [-1, -1]  # generate() draws each its own
-    assert cli.item_seeds([4, 2], 2) == [4, 2]
-
-
 def test_limit_peak_applies_one_gain_and_never_boosts() -> None:
     loud = torch.tensor([[0.5, -2.0, 1.0], [0.1, 0.2, 0.3]])
-    out, gain_db = cli.limit_peak(loud, -0.1)
+    out, gain_db = output.limit_peak(loud, -0.1)
     assert gain_db == pytest.approx(-0.1 - 20 * math.log10(2.0))
     assert out.abs().max() == pytest.approx(10 ** (-0.1 / 20))
     assert torch.allclose(out / loud, torch.full_like(loud, out[0, 1].item() / -2.0))  # one gain for all samples
     quiet = torch.tensor([[0.5, -0.9]])
-    same, gain_db = cli.limit_peak(quiet, -0.1)
+    same, gain_db = output.limit_peak(quiet, -0.1)
     assert gain_db == 0.0 and torch.equal(same, quiet)
 
 
@@ -253,6 +380,7 @@ def test_lora_shipped_with_the_model_by_name(tmp_path: Path) -> None:
     main(f"{common} --lora-ckpt-path {q(folder / 'loras' / 'style-a.safetensors')}", "-o", str(tmp_path / "a.wav"))
     main(f"{common} --lora-ckpt-path style-a", "-o", str(tmp_path / "b.wav"))
     assert torch.equal(read_audio(tmp_path / "a.wav")[0], read_audio(tmp_path / "b.wav")[0])
+    assert sf.SoundFile(str(tmp_path / "b.wav")).copy_metadata()["comment"].endswith(" lora=style-a@1")
     res = run("-p", "x", "--model", str(folder), "--lora-ckpt-path", "style-b", "-o", str(tmp_path / "c.wav"))
     assert res.returncode == 2
     assert f"--lora-ckpt-path: file not found: style-b (LoRAs shipped with {folder}: style-a)" in res.stderr

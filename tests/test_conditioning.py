@@ -14,13 +14,9 @@ from golden import GOLDEN, all_cases, assert_close, fixture_dir, load_case, rel_
 from safetensors.torch import load_file, save_file
 
 from stable_audio_3.guidance import unconditional_cross_cond
-from stable_audio_3.loading import ModelLoadError, packaged_config
+from stable_audio_3.loading import ModelLoadError, attach_text_encoder, packaged_config, resolve_text_encoder_dir
 from stable_audio_3.models import fourier as C
-from stable_audio_3.models.conditioning import (
-    Conditioner,
-    PromptTokenizer,
-    resolve_text_encoder_dir,
-)
+from stable_audio_3.models.conditioning import Conditioner, PromptTokenizer
 from stable_audio_3.models.fourier import expo_frequencies
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 
@@ -40,7 +36,7 @@ def conditioner(fixture: str, config_name: str = "model_config.json") -> Conditi
         cond.load_state_dict(
             {k.removeprefix("conditioner."): v for k, v in weights.items() if k.startswith("conditioner.")}, strict=True
         )
-        cond.load_text_encoder(config_path)
+        attach_text_encoder(cond, config_path)
         _CONDITIONERS[key] = cond
     return _CONDITIONERS[key]
 

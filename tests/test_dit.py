@@ -12,7 +12,14 @@ import torch
 from golden import GOLDEN, all_cases, assert_close, fixture_dir, load_case
 from safetensors.torch import load_file
 
-from stable_audio_3.guidance import apg_project, cfg_applies, guided_velocity, unconditional_cross_cond
+from stable_audio_3.guidance import (
+    apg_project,
+    cfg_applies,
+    guided_denoiser,
+    guided_velocity,
+    prepare_conditioning,
+    unconditional_cross_cond,
+)
 from stable_audio_3.models.dit import DiffusionTransformer
 
 DIT_PREFIX = "model.model."
@@ -40,11 +47,34 @@ def fixture_dit(fixture: str) -> DiffusionTransformer:
     return dit.eval().requires_grad_(False)
 
 
+def guided_forward(dit: DiffusionTransformer, x, t, cross_attn_cond, global_cond, local_add_cond=None,
+                   padding_mask=None, negative_cross_attn_cond=None, negative_cross_attn_mask=None, *,
+                   cfg_scale: float = 1.0, apg_scale: float = 1.0, attention_padding: str = "exclude"):
+    """The reference's guided DiT call, built the way the sampling loop builds it: the guidance
+    wrapper around prepared conditioning, guided when cfg_applies at t[0]."""
+    length = x.shape[-1]
+    lengths = [length] * x.shape[0]
+    if padding_mask is not None:
+        mask = padding_mask.bool()
+        lengths = mask.sum(-1).tolist()
+        assert torch.equal(mask, torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]), "not a prefix mask"
+    guided = cfg_applies(cfg_scale, float(t.float()[0]))
+    if guided:
+        d = guided_denoiser(dit, lengths, length, padding_mask, attention_padding=attention_padding,
+                            cfg_scale=cfg_scale, apg_scale=apg_scale)
+        cond = prepare_conditioning(dit, cross_attn_cond, global_cond, local_add_cond, negative_cross_attn_cond,
+                                    negative_cross_attn_mask, plain=False)
+        return d.guided(x.float(), t, cond)
+    return dit.velocity(x, t.float(), cross_attn_cond, global_cond,
+                                                             local_add_cond, padding_mask, attention_padding)
+
+
 def run_case(dit: DiffusionTransformer, inputs: dict, args: dict, attention_padding: str) -> torch.Tensor:
     unknown = set(inputs) - set(INPUTS)
     assert not unknown, f"case has inputs this test does not route: {unknown}"
     kwargs = {INPUTS[k]: v for k, v in inputs.items() if INPUTS[k] is not None}
-    return dit(**kwargs, cfg_scale=args["cfg_scale"], apg_scale=args["apg_scale"], attention_padding=attention_padding)
+    return guided_forward(dit, **kwargs, cfg_scale=args["cfg_scale"], apg_scale=args["apg_scale"],
+                          attention_padding=attention_padding)
 
 
 @pytest.mark.parametrize(("fixture", "name"), all_cases("dit_forward"))

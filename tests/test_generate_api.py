@@ -143,19 +143,39 @@ def test_default_duration_comes_from_the_config() -> None:
         del m.components.config["default_duration"]
 
 
-def test_recommended_settings_follow_the_objective_unless_the_config_states_them() -> None:
-    from stable_audio_3.cli import recommended_settings
+def test_generate_uses_the_model_defaults_unless_told_otherwise(monkeypatch) -> None:
+    """Post-trained: 8 steps, cfg 1, ping-pong (the reference); -base: 50, 7, Euler; a config's own wins."""
+    from stable_audio_3 import pipeline
 
+    seen = []
+    real = pipeline.make_plan
+    monkeypatch.setattr(pipeline, "make_plan", lambda c, r: seen.append(r) or real(c, r))
     m = model()
     assert (m.is_base, m.recommended_steps, m.recommended_cfg_scale) == (False, 8, 1.0)
-    assert recommended_settings(m, None, None, None) == (8, 1.0, None)
-    m.components.config.update(default_steps=24, default_cfg_scale=2.5)
+    m.generate("x", duration=0.5, seed=1, return_latents=True)
+    assert (seen[-1].steps, seen[-1].cfg_scale, seen[-1].sampler_type) == (8, 1.0, "pingpong")
+    m.components.config.update(default_steps=3, default_cfg_scale=2.5)
     try:
-        assert (m.recommended_steps, m.recommended_cfg_scale) == (24, 2.5)
-        assert recommended_settings(m, None, None, None) == (24, 2.5, None)
-        assert recommended_settings(m, 4, 0.0, "euler") == (4, 0.0, "euler")  # given values win
+        assert (m.recommended_steps, m.recommended_cfg_scale) == (3, 2.5)
+        m.generate("x", duration=0.5, seed=1, return_latents=True)
+        assert (seen[-1].steps, seen[-1].cfg_scale) == (3, 2.5)
+        m.generate("x", duration=0.5, seed=1, steps=2, cfg_scale=0.0, sampler_type="euler", return_latents=True)
+        assert (seen[-1].steps, seen[-1].cfg_scale, seen[-1].sampler_type) == (2, 0.0, "euler")  # given values win
     finally:
         del m.components.config["default_steps"], m.components.config["default_cfg_scale"]
+
+
+def test_base_model_generate_defaults_to_50_steps_and_cfg_7(monkeypatch) -> None:
+    from stable_audio_3 import pipeline
+
+    case = load_case("tiny-small", "gen_base_style_cfg7_neg_euler")
+    base = StableAudioModel.from_pretrained(case.dir, device="cpu", config=case.config_path)
+    seen = []
+    monkeypatch.setattr(pipeline, "sample_plan", lambda c, plan, enc, cb=None: seen.append(plan) or plan.noise)
+    base.generate("x", duration=0.5, seed=1, return_latents=True)
+    r = seen[-1].request
+    assert (r.steps, r.cfg_scale, r.sampler_type) == (50, 7.0, "euler")
+    assert seen[-1].steps == 50 and all(seen[-1].guided[i] == (True,) for i in range(50))
 
 
 def test_each_model_has_its_own_maximum() -> None:
@@ -168,12 +188,19 @@ def test_each_model_has_its_own_maximum() -> None:
 BAD = [
     (dict(duration=0), "duration=0 is invalid; a positive finite number of seconds"),
     (dict(duration=-2.0), "duration=-2.0 is invalid"),
-    (dict(duration=[1.0, 2.0]), "duration has 2 values but batch_size=1"),
-    (dict(steps=0), "steps=0 is invalid; an integer >= 1 is required"),
-    (dict(cfg_scale=float("inf")), "cfg_scale=inf is invalid; a number >= 0 is required"),
+    (dict(duration=[1.0, 2.0], batch_size=1), "duration has 2 values but batch_size=1"),
+    (dict(duration=[1.0, 2.0], prompt=["a", "b", "c"]), "prompt has 3 values but duration has 2"),
+    (dict(steps=0), "steps=0 is invalid; an integer in [1, 1000] is required"),
+    (dict(steps=10**7), "steps=10000000 is invalid; an integer in [1, 1000] is required"),
+    (dict(cfg_scale=float("inf")), "cfg_scale=inf is invalid; a number in [0, 100] is required"),
     (dict(cfg_scale=float("nan")), "cfg_scale=nan is invalid"),
-    (dict(prompt=["a", "b"]), "prompt has 2 values but batch_size=1"),
-    (dict(seed=[1, 2]), "seed has 2 values but batch_size=1"),
+    (dict(prompt=["a", "b"], batch_size=1), "prompt has 2 values but batch_size=1"),
+    (dict(seed=[1, 2], batch_size=3), "seed has 2 values but batch_size=3"),
+    (dict(seed=2**63), "seed=9223372036854775808 is invalid; an integer in [-1, 2**63 - 1] is required"),
+    (dict(batch_size=20000), "batch_size=20000 is invalid; an integer in [1, 64] is required"),
+    (dict(inpaint_audio=(44100, torch.zeros(2, 100))), "inpaint_audio needs the regions to regenerate"),
+    (dict(inpaint_audio=(44100, torch.zeros(2, 100)), inpaint_mask_start_seconds=1.5, inpaint_mask_end_seconds=2),
+     "inpaint region starting at 1.5 s lies entirely after the output (1 s)"),
     (dict(seed="x"), "seed='x' is invalid"),
     (dict(init_noise_level=1.5, init_audio=(44100, torch.zeros(2, 100))), "init_noise_level=1.5 is invalid"),
     (dict(inpaint_mask_start_seconds=2.0, inpaint_mask_end_seconds=1.0),
@@ -186,8 +213,10 @@ BAD = [
     (dict(init_audio=(44100, torch.zeros(2, 0))), "init_audio: audio has zero samples"),
     (dict(init_audio=(44100, torch.full((2, 10), float("nan")))), "init_audio: audio contains NaN"),
     (dict(init_audio=torch.zeros(2, 10)), "init_audio: a bare array has no sample rate"),
-    (dict(inpaint_audio=(0, torch.zeros(2, 10))), "inpaint_audio sample rate=0 is invalid"),
-    (dict(sampler_type="heun"), "sampler_type='heun' is unknown; allowed: 'pingpong'"),
+    (dict(inpaint_audio=(0, torch.zeros(2, 10)), continuation=True), "inpaint_audio sample rate=0 is invalid"),
+    (dict(sampler_type="heun"), "sampler_type='heun' is invalid; allowed: 'pingpong'"),
+    (dict(lora_configs=[{"lora_index": 0, "interval": [0.5, 1.0]}]), "lora_configs was given but no LoRA is loaded"),
+    (dict(sample_size=10**9), "sample_size=1000000000 is invalid; at most this model's 5292032 samples"),
     (dict(chunked_decode="yes"), "chunked_decode='yes' is invalid; allowed: None"),
     (dict(continuation=True), "continuation=True needs inpaint_audio"),
 ]

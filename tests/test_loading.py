@@ -259,9 +259,9 @@ def test_unknown_name_suggests_the_closest() -> None:
 
 
 def test_missing_demo_model_says_so(tmp_path: Path, monkeypatch) -> None:
-    import stable_audio_3.loading as loading
+    import stable_audio_3.loading.resolve as resolve
 
-    monkeypatch.setattr(loading, "demo_folder", lambda: tmp_path / "demo")  # an install without the assets
+    monkeypatch.setattr(resolve, "demo_folder", lambda: tmp_path / "demo")  # an install without the assets
     with pytest.raises(ModelLoadError, match="the built-in demo model is not installed"):
         StableAudioModel.from_pretrained(device="cpu")
 
@@ -511,3 +511,24 @@ def test_attention_backend_from_the_environment(monkeypatch, caplog) -> None:
     monkeypatch.setenv("SA3_ATTENTION_BACKEND", "xformers")
     with pytest.raises(ValueError, match="SA3_ATTENTION_BACKEND='xformers' is not supported; allowed: auto"):
         attention.check_backend(None)
+
+
+def test_models_import_nothing_from_the_rest_of_the_package() -> None:
+    """Layering: `models/` is self-contained and `loading` builds on it, never the reverse (no import cycle)."""
+    import ast
+
+    import stable_audio_3.models as models
+
+    root = Path(models.__file__).parent
+    outside = []
+    for path in sorted(root.rglob("*.py")):
+        depth = len(path.relative_to(root).parts)  # 1 for models/x.py, 2 for models/lora/x.py
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level > depth:
+                outside.append(f"{path.relative_to(root)}: from {'.' * node.level}{node.module or ''}")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            outside += [f"{path.relative_to(root)}: {n}" for n in names if n.startswith("stable_audio_3")
+                        and not n.startswith("stable_audio_3.models")]
+    assert not outside

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,8 +41,16 @@ import uvicorn  # noqa: E402
 from golden import fixture_dir, rel_err  # noqa: E402
 
 from stable_audio_3 import StableAudioModel  # noqa: E402
+from stable_audio_3.request import FIELDS, LOAD_FIELDS, PYTHON_ONLY, GenerationRequest, OptionError  # noqa: E402
 from stable_audio_3.server import ServerConfig, build_parser, create_app, main  # noqa: E402
 from stable_audio_3.server.config import config_from_args  # noqa: E402
+from stable_audio_3.server.schema import (  # noqa: E402
+    JSON_FIELDS,
+    GenerateRequest,
+    field_bounds,
+    field_default,
+    generation_fields,
+)
 
 SR = 44100
 _MODEL: dict[str, StableAudioModel] = {}
@@ -131,6 +141,26 @@ def error_of(r) -> tuple[int, str | None]:
     return r.status_code, body["error"]["field"]
 
 
+def refusal(r) -> tuple[int, str | None, str]:
+    """(status, field, message) of a refused request."""
+    status, field = error_of(r)
+    return status, field, r.json()["error"]["message"]
+
+
+INPAINT_WITHOUT_REGIONS = (
+    "inpaint_audio: inpaint_audio needs the regions to regenerate (inpaint_mask_start_seconds / "
+    "inpaint_mask_end_seconds, or inpaint_mask) or continuation=True"
+)
+REGIONS_WITHOUT_AUDIO = (
+    "inpaint_mask_start_seconds / inpaint_mask_end_seconds need an 'inpaint_audio' file (multipart upload) "
+    "holding the audio to inpaint"
+)
+PASTE_BACK_WITHOUT_AUDIO = (
+    "inpaint_paste_back: inpaint_paste_back=True needs inpaint_audio and the regions to regenerate "
+    "(inpaint_mask_start_seconds / inpaint_mask_end_seconds, inpaint_mask, or continuation)"
+)
+
+
 # -- jobs end to end ------------------------------------------------------------------------------
 def test_text_to_audio_job_gives_the_python_api_audio_in_every_format(tmp_path: Path) -> None:
     with server(tmp_path) as client:
@@ -145,27 +175,54 @@ def test_text_to_audio_job_gives_the_python_api_audio_in_every_format(tmp_path: 
         assert info["audio_urls"] == [f"/v1/jobs/{info['id']}/audio?index=0"]
         audio, sr = fetch(client, info["id"])
         assert sr == SR and audio.shape == (int(1.5 * SR), 2)
-        alone = model().generate("lofi house loop", duration=1.5, seed=[7])[0]
+        alone = model().generate("lofi house loop", duration=1.5, seed=7)[0]
         assert rel_err(torch.from_numpy(audio.T.copy()), alone) < 1e-3
-        for fmt in ("flac", "ogg", "mp3"):
-            coded, sr = fetch(client, info["id"], fmt=fmt)
+        # every file says how to make it again (the shared output module's metadata)
+        settings = "seed=7 model=tiny steps=8 cfg_scale=1 sampler=pingpong"
+        for fmt in ("wav", "flac", "ogg", "mp3"):
+            r = client.get(f"/v1/jobs/{info['id']}/audio", params={"format": fmt})
+            coded, sr = sf.read(io.BytesIO(r.content), dtype="float32", always_2d=True)
             assert sr == SR and coded.shape[1] == 2
             assert abs(coded.shape[0] - int(1.5 * SR)) < 0.06 * SR, (fmt, coded.shape)  # mp3 adds codec padding
+            if fmt != "mp3":  # libsndfile reads no MP3 tags back
+                tags = sf.SoundFile(io.BytesIO(r.content)).copy_metadata()
+                assert (tags["title"], tags["comment"]) == ("lofi house loop", settings), (fmt, tags)
+        # MP3 at the shared default of 320 kbps (1.5 s: 60 kB; 128 kbps would be 24 kB)
+        mp3 = client.get(f"/v1/jobs/{info['id']}/audio", params={"format": "mp3"}).content
+        assert len(mp3) > 0.9 * 1.5 * 320_000 / 8
         # a finished job can be deleted with its audio
         assert client.delete(f"/v1/jobs/{info['id']}").json() == {"id": info["id"], "deleted": True}
         assert error_of(client.get(f"/v1/jobs/{info['id']}")) == (404, "job_id")
 
 
-def test_random_seeds_are_reported_per_item_and_reproduce(tmp_path: Path) -> None:
+def test_seeds_follow_the_request_types_rule_and_reproduce(tmp_path: Path) -> None:
+    """An int seed is one generator shared by the batch (as the Python API and the reference); a list gives
+    each item its own; -1 is drawn in [0, 99999) when the job is queued and reported at once."""
     with server(tmp_path) as client:
-        first = wait(client, submit(client, prompt=["a", "b"], batch_size=2, duration=1.0))
+        r = client.post("/v1/generate", json={"prompt": ["a", "b"], "duration": 1.0})  # batch 2 from the prompts
+        drawn = r.json()["seeds"]
+        assert len(drawn) == 2 and drawn[0] == drawn[1] and 0 <= drawn[0] < 99999
+        first = wait(client, r.json()["id"])
         assert first["status"] == "completed" and first["num_outputs"] == 2 and len(first["audio_urls"]) == 2
-        seeds = first["seeds"]
-        again = wait(client, submit(client, prompt=["a", "b"], batch_size=2, duration=1.0, seed=seeds))
+        assert first["seeds"] == drawn and first["request"]["seed"] == drawn[0]
+        again = wait(client, submit(client, prompt=["a", "b"], duration=1.0, seed=drawn[0]))
         for i in range(2):
             assert np.array_equal(fetch(client, first["id"], i)[0], fetch(client, again["id"], i)[0])
-        # an int seed s gives the items the seeds s, s+1, ...
-        assert wait(client, submit(client, prompt="a", batch_size=3, duration=0.5, seed=40))["seeds"] == [40, 41, 42]
+        # an int seed with batch_size 2: both items report it, and share its generator
+        shared = wait(client, submit(client, prompt="a", batch_size=2, duration=0.5, seed=40))
+        assert shared["seeds"] == [40, 40] and shared["request"]["seed"] == 40
+        items = [torch.from_numpy(fetch(client, shared["id"], i)[0].T.copy()) for i in range(2)]
+        alone = model().generate("a", duration=0.5, seed=40, batch_size=2)
+        assert all(rel_err(items[i], alone[i]) < 1e-3 for i in range(2))
+        assert not torch.allclose(items[0], items[1], atol=1e-3)  # one generator: different noise per item
+        tags = sf.SoundFile(io.BytesIO(client.get(f"/v1/jobs/{shared['id']}/audio?index=1").content)).copy_metadata()
+        assert tags["comment"].startswith("seed=40 batch_size=2 item=1 model=tiny")
+        # a list: each item its own seed (-1 entries drawn), each item equal to a batch-1 run with its seed
+        listed = wait(client, submit(client, prompt="a", duration=0.5, seed=[40, -1]))
+        assert listed["seeds"][0] == 40 and 0 <= listed["seeds"][1] < 99999
+        assert listed["request"]["seed"] == listed["seeds"]
+        got = torch.from_numpy(fetch(client, listed["id"], 0)[0].T.copy())
+        assert rel_err(got, model().generate("a", duration=0.5, seed=40)[0]) < 1e-3
 
 
 def test_batching_merges_compatible_jobs_and_each_keeps_its_own_audio(tmp_path: Path) -> None:
@@ -175,19 +232,25 @@ def test_batching_merges_compatible_jobs_and_each_keeps_its_own_audio(tmp_path: 
         {"prompt": ["rain on a tin roof", "a"], "batch_size": 2, "duration": 1.0, "seed": [11, 12]},
         {"prompt": "cellos", "duration": 1.0, "seed": 5, "steps": 4},  # other steps: runs alone
         {"prompt": "birdsong", "duration": 1.0, "seed": 9},
+        # one int seed for 2 items is one shared generator: in a bigger batch it would draw other noise, so alone
+        {"prompt": "x", "batch_size": 2, "duration": 1.0, "seed": 21},
     ]
     with server(tmp_path, run_workers=False) as client:
         ids = [submit(client, **b) for b in bodies]
-        assert [client.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids] == [0, 1, 2, 3]
+        assert [client.get(f"/v1/jobs/{i}").json()["queue_position"] for i in ids] == [0, 1, 2, 3, 4]
     with server(tmp_path, max_batch=4) as client:
         infos = [wait(client, i) for i in ids]
     assert all(i["status"] == "completed" for i in infos), infos
     merged = [infos[0], infos[1], infos[3]]
     assert len({i["batch"]["id"] for i in merged}) == 1
     assert all(i["batch"]["jobs"] == 3 and i["batch"]["items"] == 4 for i in merged)
-    assert infos[2]["batch"]["jobs"] == 1 and infos[2]["batch"]["id"] != infos[0]["batch"]["id"]
+    for lone in (infos[2], infos[4]):
+        assert lone["batch"]["jobs"] == 1 and lone["batch"]["id"] != infos[0]["batch"]["id"]
     with server(tmp_path) as client:  # finished jobs survive a restart too
-        for body, info in zip(bodies, infos, strict=True):
+        shared = model().generate("x", duration=1.0, seed=21, batch_size=2)
+        for i in range(2):
+            assert rel_err(torch.from_numpy(fetch(client, ids[4], i)[0].T.copy()), shared[i]) < 1e-3
+        for body, info in zip(bodies[:4], infos[:4], strict=True):
             prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
             for i, (prompt, seed) in enumerate(zip(prompts, info["seeds"], strict=True)):
                 # each item again, alone: a job of one item, submitted only after the previous one finished
@@ -234,6 +297,7 @@ def test_audio_to_audio_inpainting_and_continuation_from_uploads(tmp_path: Path)
     source, src_sr = sf.read(io.BytesIO(upload), dtype="float32", always_2d=True)
     requests = {
         "a2a": ({"prompt": "x", "duration": 2.0, "seed": 2, "init_noise_level": 0.5}, "init_audio", 2.0),
+        "a2a_default": ({"prompt": "x", "duration": 2.0, "seed": 2}, "init_audio", 2.0),  # the type's 0.9
         "regions": (
             {
                 "prompt": "x",
@@ -261,6 +325,8 @@ def test_audio_to_audio_inpainting_and_continuation_from_uploads(tmp_path: Path)
             info = wait(client, ids[name])
             assert info["status"] == "completed", info
             assert info["request"]["inputs"] == [role]
+            level = {"a2a": 0.5, "a2a_default": 0.9}.get(name, 1.0)  # 1.0: no init audio, the level is unused
+            assert info["request"]["init_noise_level"] == level
             audio, sr = fetch(client, ids[name])
             assert audio.shape == (int(seconds * SR), 2)
             kwargs = {k: v for k, v in body.items() if k != "prompt"}
@@ -322,13 +388,20 @@ def test_inpaint_paste_back_keeps_the_uploaded_audio_exactly(tmp_path: Path) -> 
             assert info["status"] == "completed", info
             assert info["request"]["inpaint_paste_back"] is (name != "plain")
             out[name] = fetch(client, job_id)[0]
-        # paste-back without regions (or without audio) is refused, naming the field
-        r = client.post(
-            "/v1/generate",
-            data={"request": json.dumps({"prompt": "x", "inpaint_paste_back": True})},
-            files={"inpaint_audio": ("a.wav", quiet, "audio/wav")},
-        )
-        assert error_of(r) == (422, "inpaint_paste_back")
+        # inpaint audio without the regions to regenerate (nor continuation) is refused by the request type
+        for extra in ({}, {"inpaint_paste_back": True}):
+            r = client.post(
+                "/v1/generate",
+                data={"request": json.dumps({"prompt": "x", **extra})},
+                files={"inpaint_audio": ("a.wav", quiet, "audio/wav")},
+            )
+            assert refusal(r) == (422, "inpaint_audio", INPAINT_WITHOUT_REGIONS), extra
+        # and regions or paste-back without inpaint audio
+        assert refusal(client.post("/v1/generate", json=body)) == (422, "inpaint_mask_start_seconds",
+                                                                    REGIONS_WITHOUT_AUDIO)
+        for extra in ({}, regions):
+            r = client.post("/v1/generate", json={"prompt": "x", "inpaint_paste_back": True, **extra})
+            assert refusal(r) == (422, "inpaint_paste_back", PASTE_BACK_WITHOUT_AUDIO), extra
     source = decoded["quiet"]
     start, end, fade = int(0.25 * SR), int(0.5 * SR), int(0.02 * SR)
     pasted, plain = out["pasted"], out["plain"]
@@ -368,6 +441,10 @@ def test_clamp_dist_shift_and_sample_size_reach_generate(tmp_path: Path) -> None
             422,
             "dist_shift",
         )
+        # the WAV keeps the peaks; a FLAC copy gets one gain down to the shared -0.1 dBFS ceiling, never clipping
+        flac = fetch(client, ids["unclamped"], fmt="flac")[0]
+        gain = 10 ** (-0.1 / 20) / np.abs(out["unclamped"]).max()
+        assert np.abs(flac - out["unclamped"] * gain).max() < 1e-5
     # unclamped: the tiny model overshoots [-1, 1] for this seed; clamping it gives the default job's audio
     assert np.abs(out["unclamped"]).max() > 1 >= np.abs(out["default"]).max()
     assert np.array_equal(np.clip(out["unclamped"], -1, 1), out["default"])
@@ -425,22 +502,39 @@ def test_loras_by_name_strengths_and_removal(tmp_path: Path) -> None:
         stacked = run(client, loras=[{"name": "a"}, {"name": "b", "strength": 0.5}])
         assert not np.allclose(stacked, full, atol=1e-4)
         assert m.loras.strengths == [1.0, 0.5]
+        # lora_configs: indices count in the request's loras list; LoRA 0 acts only while t is in [0.8, 1]
+        configs = [{"lora_index": 0, "interval": [0.8, 1.0], "layer_filter": ""}]
+        info = wait(client, submit(client, **body, loras=[{"name": "a"}], lora_configs=configs))
+        assert info["status"] == "completed" and info["request"]["lora_configs"] == configs, info
+        gated = fetch(client, info["id"])[0]
+        assert not np.allclose(gated, full, atol=1e-4) and not np.allclose(gated, base, atol=1e-4)
         refused = [
-            ([{"name": "nope"}], "loras[0].name"),
-            ([{"name": "a"}, {"name": "/etc/passwd"}], "loras[1].name"),
-            ([{"name": "a", "strength": "high"}], "loras[0].strength"),
-            ([{"name": "a", "path": lora_files()["a"]}], "loras[0].path"),  # callers never give paths
-            ([{"name": "a"}] * 9, "loras"),
+            ({"loras": [{"name": "nope"}]}, "loras[0].name"),
+            ({"loras": [{"name": "a"}, {"name": "/etc/passwd"}]}, "loras[1].name"),
+            ({"loras": [{"name": "a", "strength": "high"}]}, "loras[0].strength"),
+            ({"loras": [{"name": "a", "path": lora_files()["a"]}]}, "loras[0].path"),  # callers never give paths
+            ({"loras": [{"name": "a"}] * 9}, "loras"),
+            ({"loras": [{"name": "a"}], "lora_configs": [{"lora_index": 1}]}, "lora_configs[0].lora_index"),
+            ({"lora_configs": [{"lora_index": 0}]}, "lora_configs[0].lora_index"),  # no LoRA in the request
+            ({"loras": [{"name": "a"}], "lora_configs": [{"lora_index": -1}]}, "lora_configs[0].lora_index"),
+            ({"loras": [{"name": "a"}], "lora_configs": [{"lora_index": 0, "interval": [0.9, 0.1]}]},
+             "lora_configs[0].interval"),
+            ({"loras": [{"name": "a"}], "lora_configs": [{"lora_index": 0, "bogus": 1}]}, "lora_configs[0].bogus"),
         ]
-        for loras, field in refused:
-            assert error_of(client.post("/v1/generate", json={**body, "loras": loras})) == (422, field), loras
+        for extra, field in refused:
+            assert error_of(client.post("/v1/generate", json={**body, **extra})) == (422, field), extra
+        r = client.post("/v1/generate", json={**body, "loras": [{"name": "a"}], "lora_configs": [{"lora_index": 1}]})
+        assert refusal(r)[2] == ("lora_configs[0].lora_index=1 is invalid; this request's loras list has 1 entries "
+                                 "(0-based indices)")
     assert len(m.loras) == 0  # a stopped server hands its model back without LoRA
     m.load_lora([lora_files()["a"]])
     try:
         alone = m.generate("x", duration=1.0, seed=[5], steps=4)[0]
+        alone_gated = m.generate("x", duration=1.0, seed=[5], steps=4, lora_configs=configs)[0]
     finally:
         m.unload_lora()
     assert rel_err(torch.from_numpy(full.T.copy()), alone) < 1e-3
+    assert rel_err(torch.from_numpy(gated.T.copy()), alone_gated) < 1e-3
 
 
 def test_new_controls_persist_across_a_restart_and_split_batches(tmp_path: Path) -> None:
@@ -489,8 +583,38 @@ def test_lora_files_are_checked_at_start(tmp_path: Path) -> None:
         assert len(model().loras) == 0
     with pytest.raises(SystemExit, match="--lora x=/nonexistent/x.safetensors: file not found"):
         main(["--lora", "x=/nonexistent/x.safetensors"])
+    # a bare name is a LoRA shipped with a served model (the demo, served by default, ships octave-up)
+    with pytest.raises(SystemExit) as e:
+        main(["--lora", "octave-down"])
+    assert str(e.value) == ("stable-audio serve: --lora octave-down: 'octave-down' is neither a file nor a LoRA "
+                            "shipped with the served models (shipped: octave-up)")
     with pytest.raises(ValueError, match="LoRA name"):
         ServerConfig(loras={"a b": "/x"})
+
+
+def test_a_lora_shipped_with_the_model_is_served_by_its_name(tmp_path: Path) -> None:
+    """`stable-audio serve --lora octave-up` on the demo model: the file comes from the model's own folder."""
+    args = build_parser().parse_args(["--model", "demo", "--device", "cpu", "--lora", "octave-up"])
+    config = config_from_args(args)
+    assert config.loras == {"octave-up": "octave-up"}
+    config = dataclasses.replace(config, data_dir=tmp_path / "data", poll_interval_s=0.05)
+    app = create_app(config)  # loads the demo model itself, as `serve` does
+    body = {"prompt": "a sine melody", "duration": 1.0, "seed": 3, "steps": 2}
+    with live_server(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        demo = app.state.server.models["demo"]
+        assert client.get("/v1/models").json()[0]["loras"] == ["octave-up"]
+        plain = wait(client, submit(client, **body))
+        shifted = wait(client, submit(client, **body, loras=[{"name": "octave-up", "strength": 1.0}]))
+        assert plain["status"] == shifted["status"] == "completed", (plain, shifted)
+        plain_audio, shifted_audio = fetch(client, plain["id"])[0], fetch(client, shifted["id"])[0]
+    assert not np.allclose(plain_audio, shifted_audio, atol=1e-4)
+    assert len(demo.loras) == 0
+    demo.load_lora("octave-up")
+    try:
+        alone = demo.generate("a sine melody", duration=1.0, seed=3, steps=2)[0]
+    finally:
+        demo.unload_lora()
+    assert rel_err(torch.from_numpy(shifted_audio.T.copy()), alone) < 1e-3
 
 
 # -- cancel and timeout -----------------------------------------------------------------------------
@@ -528,55 +652,82 @@ def test_job_timeout_stops_a_running_job(tmp_path: Path) -> None:
 
 
 # -- refusals ---------------------------------------------------------------------------------------
+TYPE = "the request type's own refusal"  # the message GenerationRequest gives for the same values
 BAD_JSON = [
-    ({}, 422, "prompt"),
-    ({"prompt": 3}, 422, "prompt"),
-    ({"prompt": "x", "steps": 0}, 422, "steps"),
-    ({"prompt": "x", "steps": "many"}, 422, "steps"),
-    ({"prompt": "x", "steps": "8"}, 422, "steps"),
-    ({"prompt": "x", "steps": 8.5}, 422, "steps"),
-    ({"prompt": "x", "duration": True}, 422, "duration"),
-    ({"prompt": "x", "duration": 1e6}, 422, "duration"),
-    ({"prompt": "x", "duration": -1}, 422, "duration"),
-    ({"prompt": "x", "duration": 100, "batch_size": 2}, 422, "duration"),  # duration x items > 150 s
-    ({"prompt": "x", "bogus": 1}, 422, "bogus"),
-    ({"prompt": "x", "sampler_type": "magic"}, 422, "sampler_type"),
-    ({"prompt": "x", "model": "nope"}, 422, "model"),
-    ({"prompt": ["a", "b"], "batch_size": 3}, 422, "prompt"),
-    ({"prompt": "x", "batch_size": 99}, 422, "batch_size"),
-    ({"prompt": "x", "seed": [1, 2]}, 422, "seed"),
-    ({"prompt": "x", "seed": -5}, 422, "seed"),
-    ({"prompt": "x", "seed": 2**64}, 422, "seed"),
-    ({"prompt": "x", "cfg_interval": [0.9, 0.1]}, 422, "cfg_interval"),
-    ({"prompt": "x", "apg_scale": 2}, 422, "apg_scale"),
-    (
-        {"prompt": "x", "inpaint_mask_start_seconds": 0.5, "inpaint_mask_end_seconds": 1.0},
-        422,
-        "inpaint_mask_start_seconds",
-    ),
-    ({"prompt": "x", "continuation": True}, 422, "continuation"),
-    ({"prompt": "x", "inpaint_paste_back": True}, 422, "inpaint_paste_back"),
-    ({"prompt": "x", "clamp": "no"}, 422, "clamp"),
-    ({"prompt": "x", "dist_shift": {"type": "magic"}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": {"type": ["full"]}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": {"type": "full", "bogus": 1}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": {"type": "logsnr", "rate": "fast"}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": {"type": "full", "use_sine": 1}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": {"type": "full", "min_length": 256, "max_length": 256}}, 422, "dist_shift"),
-    ({"prompt": "x", "dist_shift": [1]}, 422, "dist_shift"),
-    ({"prompt": "x", "sample_size": 100}, 422, "sample_size"),  # less than one latent
-    ({"prompt": "x", "sample_size": 10**9}, 422, "sample_size"),  # more than the model's maximum
-    ({"prompt": "x", "duration": 1.0, "sample_size": 4096}, 422, "sample_size"),  # shorter than the duration
-    ({"prompt": "x", "loras": [{"name": "a"}]}, 422, "loras[0].name"),  # this server offers no LoRA
-    ({"prompt": "x", "prompt_extra": None}, 422, "prompt_extra"),
-    ([1, 2], 422, "body"),
+    ({}, 422, "prompt", TYPE),
+    ({"prompt": 3}, 422, "prompt", "prompt: Input should be a valid string"),
+    ({"prompt": "x", "steps": 0}, 422, "steps", TYPE),
+    ({"prompt": "x", "steps": 1001}, 422, "steps", TYPE),  # the type's own cap
+    ({"prompt": "x", "steps": "many"}, 422, "steps", "steps: Input should be a valid integer"),
+    ({"prompt": "x", "steps": "8"}, 422, "steps", "steps: Input should be a valid integer"),
+    ({"prompt": "x", "steps": 8.5}, 422, "steps", "steps: Input should be a valid integer"),
+    ({"prompt": "x", "duration": True}, 422, "duration", "duration: Input should be a valid number"),
+    ({"prompt": "x", "duration": 1e6}, 422, "duration", TYPE),
+    ({"prompt": "x", "duration": -1}, 422, "duration", TYPE),
+    ({"prompt": "x", "duration": 100, "batch_size": 2}, 422, "duration",  # duration x items > 150 s
+     "duration x batch_size = 200 s is too much; this server allows at most 150 s per request"),
+    ({"prompt": "x", "bogus": 1}, 422, "bogus", "bogus: Extra inputs are not permitted"),
+    ({"prompt": "x", "sampler_type": "magic"}, 422, "sampler_type",
+     "sampler_type: Input should be 'pingpong', 'euler', 'rk4' or 'dpmpp'"),
+    ({"prompt": "x", "model": "nope"}, 422, "model", "model='nope' is not served here; available: tiny"),
+    ({"prompt": ["a", "b"], "batch_size": 3}, 422, "prompt", TYPE),
+    ({"prompt": "x", "batch_size": 99}, 422, "batch_size", TYPE),
+    ({"prompt": "x", "batch_size": 5}, 422, "batch_size",
+     "batch_size=5 is too large; this server allows at most 4 items per request"),
+    ({"prompt": "x", "seed": [1, 2], "batch_size": 3}, 422, "seed", TYPE),
+    ({"prompt": "x", "seed": -5}, 422, "seed", TYPE),
+    ({"prompt": "x", "seed": 2**64}, 422, "seed", TYPE),
+    ({"prompt": "x", "cfg_interval": [0.9, 0.1]}, 422, "cfg_interval", TYPE),
+    ({"prompt": "x", "apg_scale": 2}, 422, "apg_scale", TYPE),
+    ({"prompt": "x", "init_noise_level": 1.5}, 422, "init_noise_level", TYPE),
+    ({"prompt": "x", "inpaint_mask_start_seconds": 0.5, "inpaint_mask_end_seconds": 1.0}, 422,
+     "inpaint_mask_start_seconds", REGIONS_WITHOUT_AUDIO),
+    ({"prompt": "x", "inpaint_mask_start_seconds": 0.5}, 422, "inpaint_mask_start_seconds", TYPE),
+    ({"prompt": "x", "continuation": True}, 422, "continuation", TYPE),
+    ({"prompt": "x", "inpaint_paste_back": True}, 422, "inpaint_paste_back", PASTE_BACK_WITHOUT_AUDIO),
+    ({"prompt": "x", "clamp": "no"}, 422, "clamp", "clamp: Input should be a valid boolean"),
+    ({"prompt": "x", "dist_shift": {"type": "magic"}}, 422, "dist_shift",
+     "dist_shift: distribution shift type 'magic' is unknown; allowed: 'logsnr', 'full', 'flux', 'none'"),
+    ({"prompt": "x", "dist_shift": {"type": ["full"]}}, 422, "dist_shift",
+     "dist_shift.type=['full'] is invalid; a type name is required"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "bogus": 1}}, 422, "dist_shift",
+     "dist_shift: distribution shift options {'type': 'full', 'bogus': 1} are invalid for type 'full': "
+     "FullShift.__init__() got an unexpected keyword argument 'bogus'"),
+    ({"prompt": "x", "dist_shift": {"type": "logsnr", "rate": "fast"}}, 422, "dist_shift",
+     "dist_shift.rate='fast' is invalid; a finite number is required"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "use_sine": 1}}, 422, "dist_shift",
+     "dist_shift.use_sine=1 is invalid; true or false is required"),
+    ({"prompt": "x", "dist_shift": {"type": "full", "min_length": 256, "max_length": 256}}, 422, "dist_shift",
+     "dist_shift: these options give a schedule with NaN or infinite steps"),
+    ({"prompt": "x", "dist_shift": [1]}, 422, "dist_shift", "dist_shift: Input should be an object"),
+    ({"prompt": "x", "sample_size": 100}, 422, "sample_size",  # less than one latent
+     "sample_size=100 is invalid; model 'tiny' allows 4096 (one latent) to 5292032 audio samples"),
+    ({"prompt": "x", "sample_size": 10**9}, 422, "sample_size",  # more than the model's maximum
+     "sample_size=1000000000 is invalid; model 'tiny' allows 4096 (one latent) to 5292032 audio samples"),
+    ({"prompt": "x", "duration": 1.0, "sample_size": 4096}, 422, "duration", TYPE),  # longer than the cap
+    ({"prompt": "x", "loras": [{"name": "a"}]}, 422, "loras[0].name",  # this server offers no LoRA
+     "LoRA 'a' is not offered for model 'tiny'; available: none (the server was started without --lora)"),
+    ({"prompt": "x", "prompt_extra": None}, 422, "prompt_extra", "prompt_extra: Extra inputs are not permitted"),
+    ([1, 2], 422, "body", "body: a JSON object is required"),
 ]
+
+
+def type_refusal(body: dict) -> tuple[str, str]:
+    """How the request type refuses these JSON values (after the JSON schema's typing): (field, message)."""
+    req = GenerateRequest.model_validate(body)
+    values = {name: getattr(req, name) for name in generation_fields()}
+    with pytest.raises(OptionError) as e:
+        GenerationRequest(**values).resolve(model().defaults)
+    return e.value.field, e.value.spelled(e.value.field)
 
 
 def test_bad_requests_get_4xx_json_naming_the_field_and_the_server_lives_on(tmp_path: Path) -> None:
     with server(tmp_path, max_total_seconds=150, max_upload_seconds=10) as client:
-        for body, status, field in BAD_JSON:
-            assert error_of(client.post("/v1/generate", json=body)) == (status, field), body
+        for body, status, field, message in BAD_JSON:
+            if message == TYPE:
+                assert type_refusal(body)[0] == field, body
+                message = type_refusal(body)[1]
+            assert refusal(client.post("/v1/generate", json=body)) == (status, field, message), body
         raw = [
             (b"not json", "application/json", 400, "body"),
             (b'{"prompt": "x", "cfg_scale": NaN}', "application/json", 400, "body"),
@@ -597,7 +748,13 @@ def test_bad_requests_get_4xx_json_naming_the_field_and_the_server_lives_on(tmp_
                 {"request": json.dumps({"prompt": "x", "duration": 1.0, "inpaint_paste_back": True})},
                 {"inpaint_audio": ("a.wav", wav_bytes(0.5), "audio/wav")},
                 422,
-                "inpaint_paste_back",
+                "inpaint_audio",
+            ),
+            (  # continuing audio that is already longer than the duration
+                {"request": json.dumps({"prompt": "x", "duration": 0.5, "continuation": True})},
+                {"inpaint_audio": ("a.wav", wav_bytes(1.0), "audio/wav")},
+                422,
+                "duration",
             ),
         ]
         for data, files, status, field in multipart:
@@ -619,9 +776,8 @@ def test_odd_values_in_every_field_never_give_a_5xx(tmp_path: Path) -> None:
     """A small schema fuzz: each field of the OpenAPI request schema gets values of every JSON type."""
     odd = [None, True, 0, -1, 2**70, 1e308, -1e-9, "", "x" * 5000, [], [None], [1, "a"], {}, {"a": 1}, [0.5, 0.2]]
     with server(tmp_path, run_workers=False, max_queue=10_000) as client:
-        schema = client.get("/openapi.json").json()["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
-        fields = list(schema["application/json"]["schema"]["properties"])
-        assert len(fields) == 24
+        fields = list(client.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["properties"])
+        assert fields == ["model", *JSON_FIELDS, "loras"] and len(fields) == 25
         for field in fields:
             for value in odd:
                 body = {"prompt": "x", "duration": 0.5, field: value}
@@ -629,7 +785,10 @@ def test_odd_values_in_every_field_never_give_a_5xx(tmp_path: Path) -> None:
                 assert r.status_code in (202, 400, 422), (body, r.status_code, r.text)
                 if r.status_code != 202:
                     error = r.json()["error"]
-                    assert error["field"].split("[")[0] == field or field in error["message"], (body, error)
+                    named = error["field"].split("[")[0] == field or field in error["message"]
+                    # the request type counts an empty per-item list as batch_size=0 and names batch_size
+                    empty_per_item = value == [] and field in ("duration", "seed") and error["field"] == "batch_size"
+                    assert named or empty_per_item, (body, error)
         assert client.get("/healthz").json()["status"] == "ok"
 
 
@@ -739,6 +898,7 @@ def test_models_health_metrics_and_openapi(tmp_path: Path) -> None:
         assert info["name"] == "tiny" and info["sample_rate"] == SR and info["device"] == "cpu"
         assert info["max_duration"] == pytest.approx(model().max_duration, abs=1e-3)
         assert (info["default_steps"], info["default_cfg_scale"], info["is_base"]) == (8, 1.0, False)
+        assert info["default_sampler"] == "pingpong" and info["max_sample_size"] == model().defaults.max_samples
         assert info["default_duration"] == pytest.approx(model().default_duration, abs=1e-3) and info["loras"] == []
         health = client.get("/healthz").json()
         assert health["status"] == "ok" and health["workers"] == {"tiny": True}
@@ -755,16 +915,58 @@ def test_models_health_metrics_and_openapi(tmp_path: Path) -> None:
         spec = client.get("/openapi.json").json()
         body = spec["paths"]["/v1/generate"]["post"]["requestBody"]["content"]
         assert set(body) == {"application/json", "multipart/form-data"}
-        properties = body["application/json"]["schema"]["properties"]
-        assert {"prompt", "inpaint_paste_back", "clamp", "dist_shift", "sample_size", "loras"} <= set(properties)
+        assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/GenerateRequest"}
+        properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
         assert properties["loras"]["anyOf"][0]["items"]["properties"].keys() == {"name", "strength"}
-        assert "$ref" not in json.dumps(body)  # every schema is inline: nothing points outside the document
+        configs = properties["lora_configs"]["anyOf"][0]["items"]["properties"]
+        assert configs.keys() == {"lora_index", "interval", "layer_filter"}
+        # the audio inputs are the multipart file fields, documented with the type's help
+        form = body["multipart/form-data"]["schema"]["properties"]
+        assert form["request"]["type"] == "string" and set(form) == {"request", "init_audio", "inpaint_audio"}
+        for name in ("init_audio", "inpaint_audio"):
+            assert form[name] == {"type": "string", "format": "binary", "description": FIELDS[name].metadata["help"]}
+        # every reference points inside the document
+        refs = re.findall(r'"\$ref": "([^"]+)"', json.dumps(spec))
+        assert refs and all(r.startswith("#/components/schemas/") and r.split("/")[-1] in spec["components"]["schemas"]
+                            for r in refs)
         assert {"default_duration", "max_sample_size", "loras"} <= set(
             spec["components"]["schemas"]["ModelInfo"]["properties"]
         )
         assert {"/v1/jobs/{job_id}", "/v1/jobs/{job_id}/audio", "/v1/models", "/healthz", "/metrics"} <= set(
             spec["paths"]
         )
+
+
+def test_the_openapi_schema_carries_the_request_types_defaults_bounds_and_help(tmp_path: Path) -> None:
+    """GenerateRequest is made from GenerationRequest: every JSON field has the type's default, bounds, choices
+    and help, and the type's checks (not a copy of them) refuse what is out of bounds."""
+    with server(tmp_path, run_workers=False) as client:
+        spec = client.get("/openapi.json").json()
+    properties = spec["components"]["schemas"]["GenerateRequest"]["properties"]
+    assert spec["components"]["schemas"]["GenerateRequest"]["required"] == ["prompt"]
+    assert set(generation_fields()) == set(JSON_FIELDS) == set(FIELDS) - PYTHON_ONLY - {"init_audio", "inpaint_audio"}
+    for name in JSON_FIELDS:
+        meta, prop = FIELDS[name].metadata, properties[name]
+        default = field_default(FIELDS[name])
+        assert prop["default"] == (list(default) if isinstance(default, tuple) else default), name
+        assert generation_fields()[name].default == default, name
+        for key in ("minimum", "maximum", "exclusiveMinimum"):
+            assert prop.get(key) == field_bounds(meta).get(key), (name, key)
+        if meta["low"] is not None:
+            assert prop["exclusiveMinimum" if meta["low_open"] else "minimum"] == meta["low"], name
+        if meta["high"] is not None:
+            assert prop["maximum"] == meta["high"], name
+        if meta["integer"]:
+            assert all(isinstance(prop[k], int) for k in ("minimum", "maximum", "exclusiveMinimum") if k in prop)
+        if meta["choices"]:
+            assert prop["anyOf"][0]["enum"] == list(meta["choices"]), name
+        help_for_json = meta["help"].replace("None", "null").replace("True", "true").replace("False", "false")
+        assert prop["description"] == help_for_json, name
+    # the type's new caps are the schema's: steps <= 1000, batch_size <= 64; init_noise_level follows the type
+    assert properties["steps"]["maximum"] == 1000 and properties["batch_size"]["maximum"] == 64
+    assert properties["init_noise_level"]["default"] is None and "0 = keep it, 1 = pure noise" in (
+        properties["init_noise_level"]["description"])
+    assert properties["duration"]["anyOf"][1]["items"]["exclusiveMinimum"] == 0  # per-item lists: on each item
 
 
 def test_serve_command_line_defaults_to_localhost() -> None:
@@ -781,6 +983,25 @@ def test_serve_command_line_defaults_to_localhost() -> None:
         ServerConfig(max_queue=0)
     with pytest.raises(SystemExit, match="the name 'a' is given twice"):
         main(["--model", "a=/x", "--model", "a=/y"])
+    # the model load options are the CLI's: one flag per LoadOptions field, with its default and choices
+    parser = build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    for name, f in LOAD_FIELDS.items():
+        action = actions[name]
+        assert action.option_strings == ["--" + name.replace("_", "-")] and action.default == f.default, name
+        assert action.choices == f.metadata["choices"], name
+    args = parser.parse_args(["--device", "cpu", "--dtype", "float32", "--attention-padding", "zero-values",
+                              "--quantize", "int8"])
+    config = config_from_args(args)
+    assert (config.device, config.dtype, config.attention_padding, config.quantize) == (
+        "cpu", "float32", "zero-values", "int8")
+    assert config.load_options().kwargs() == {"device": "cpu", "dtype": "float32",
+                                              "attention_padding": "zero-values", "quantize": "int8"}
+    for argv in (["--dtype", "float64"], ["--attention-padding", "none"], ["--quantize", "int4"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        ServerConfig(device="cuda", quantize="int8")
 
 
 # -- a real server on a free localhost port, under load ---------------------------------------------

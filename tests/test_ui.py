@@ -7,6 +7,7 @@ Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -24,6 +25,7 @@ import torch
 from golden import fixture_dir
 
 from stable_audio_3.audio import write_audio
+from stable_audio_3.request import FIELDS, LOAD_FIELDS, PYTHON_ONLY, GenerationRequest, LoadOptions, OptionError
 
 
 def _missing(reason: str) -> None:
@@ -64,14 +66,13 @@ WAIT_MS = 90_000  # one generation on the tiny model takes a few seconds on 2 bu
 
 
 def test_parse_regions() -> None:
-    assert ui.parse_regions("1.0-2.0, 3.5 - 4", 10) == [(1.0, 2.0), (3.5, 4.0)]
-    assert ui.parse_regions("  ", 10) == []
-    with pytest.raises(gr.Error, match="'2-1' ends before it starts"):
-        ui.parse_regions("2-1", 10)
-    with pytest.raises(gr.Error, match="'1-x' is not START-END"):
-        ui.parse_regions("0-1, 1-x", 10)
-    with pytest.raises(gr.Error, match="goes past the 3 s"):
-        ui.parse_regions("2-4", 3)
+    assert ui.parse_regions("1.0-2.0, 3.5 - 4", ) == [(1.0, 2.0), (3.5, 4.0)]
+    assert ui.parse_regions("  ") == []
+    with pytest.raises(OptionError, match="'2-1' ends before it starts"):
+        ui.parse_regions("2-1")
+    with pytest.raises(OptionError, match="'1-x' is not START-END") as e:
+        ui.parse_regions("0-1, 1-x")
+    assert ui.label_of(e.value.field) == "Inpaint regions"
 
 
 def test_parse_shift() -> None:
@@ -84,12 +85,23 @@ def test_parse_shift() -> None:
         "logsnr_end": 2.0,
     }
     assert ui.parse_shift("none", "") == {"type": "none"}
-    with pytest.raises(gr.Error, match="'rate' is not name=number"):
+    with pytest.raises(OptionError, match="'rate' is not name=number"):
         ui.parse_shift("logsnr", "rate")
 
 
+def test_parse_seeds_follows_the_request_rule() -> None:
+    """One number stays one number (one generator for the batch), a list is per item: no s, s+1 expansion."""
+    assert ui.parse_seeds("5") == 5
+    assert ui.parse_seeds(" -1 ") == -1
+    assert ui.parse_seeds("3, 4 7") == [3, 4, 7]
+    assert ui.parse_seeds(str(2**63 - 1)) == 2**63 - 1  # exact: the box is text, not a JS number
+    for bad in ("", "1.5", "abc"):
+        with pytest.raises(OptionError, match="whole number"):
+            ui.parse_seeds(bad)
+
+
 def test_model_holder_loads_swaps_and_drops_loras() -> None:
-    holder = ui.ModelHolder(device="cpu")
+    holder = ui.ModelHolder(LoadOptions(device="cpu"))
     model = holder.get(str(fixture_dir("tiny-small")))
     lora = str(fixture_dir("tiny-small") / "lora" / "lora_a.safetensors")
     holder.set_loras([lora], [0.5])
@@ -101,6 +113,132 @@ def test_model_holder_loads_swaps_and_drops_loras() -> None:
     with pytest.raises(gr.Error, match="Model '/no/such/folder' could not be loaded"):
         holder.get("/no/such/folder")
     assert holder.get(str(fixture_dir("tiny-small"))) is model  # the loaded model stays
+
+
+# -- the controls and the generation function (no browser) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app() -> gr.Blocks:
+    return ui.build_app(str(fixture_dir("tiny-small")), LoadOptions(device="cpu"))
+
+
+def untouched_values(app: gr.Blocks) -> dict:
+    """What Generate sends when nobody touched a control: each control read from its components' values."""
+    return ui.read_values(app.controls, {c: c.value for control in app.controls.values() for c in control.components})
+
+
+def test_control_specs_cover_the_request_with_its_defaults_and_bounds(tmp_path: Path) -> None:
+    """Every field a page can carry has a control whose default, bounds and choices are the type's
+    (from_model fields: the loaded model's); a None the page shows as a value is what None resolves to."""
+    defaults = ui.ModelHolder(LoadOptions(device="cpu")).get(str(fixture_dir("tiny-small"))).defaults
+    specs = ui.control_specs(defaults)
+    assert set(specs) == set(FIELDS) - PYTHON_ONLY
+    from_model = {"duration": defaults.duration, "steps": defaults.steps, "cfg_scale": defaults.cfg_scale,
+                  "sampler_type": defaults.sampler, "sample_size": defaults.max_samples}
+    assert set(from_model) == {n for n, f in FIELDS.items() if f.metadata["from_model"]}
+    tone = write_audio(tmp_path / "tone.wav", torch.zeros(2, SR))
+    resolved = GenerationRequest(prompt="x", init_audio=str(tone)).resolve(defaults)
+    for name, spec in specs.items():
+        f, meta = FIELDS[name], FIELDS[name].metadata
+        type_default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if meta["from_model"]:
+            assert spec["default"] == from_model[name], name
+        elif type_default is None and spec["default"] is not None:
+            assert spec["default"] == getattr(resolved, name), name  # batch_size 1, init_noise_level 0.9
+        else:
+            assert spec["default"] == type_default, name
+        assert spec["minimum"] == meta["low"], name
+        if meta["high"] is not None:
+            assert spec["maximum"] == meta["high"], name
+        if meta["choices"]:
+            assert tuple(spec["choices"]) == tuple(meta["choices"]), name
+        if spec["widget"] == "slider":
+            assert spec["minimum"] <= spec["default"] <= spec["maximum"], name
+    # Bounds the metadata leaves to the model: the model's limit (seconds: rounded down to 1/100 s).
+    assert defaults.max_duration - 0.01 < specs["duration"]["maximum"] <= defaults.max_duration
+    assert specs["sample_size"]["maximum"] == defaults.max_samples
+    # The untouched page asks for exactly what the type's defaults ask.
+    page = {name: spec["default"] for name, spec in specs.items()}
+    assert GenerationRequest(**{**page, "prompt": "x"}).resolve(defaults) == \
+        GenerationRequest(prompt="x").resolve(defaults)
+
+
+def test_page_components_are_made_from_the_specs(app: gr.Blocks) -> None:
+    specs = ui.control_specs(app.holder.model.defaults)
+    assert set(app.controls) == set(specs)
+    assert untouched_values(app) == {name: spec["default"] for name, spec in specs.items()}
+    for name, spec in specs.items():
+        first = app.controls[name].components[0]
+        if spec["widget"] in ("slider", "number", "pair"):
+            assert (first.minimum, first.maximum) == (spec["minimum"], spec["maximum"]), name
+        if spec["widget"] == "dropdown":
+            assert [c[1] for c in first.choices] == list(spec["choices"]), name
+        label = spec["label"] if spec["widget"] != "pair" else f"{spec['label']} min"
+        assert first.label == label, name
+
+
+def test_generate_writes_each_item_with_the_request_seed_rule(app: gr.Blocks) -> None:
+    values = untouched_values(app) | {"prompt": "a tone", "duration": 1.0, "steps": 2, "batch_size": 2, "seed": 5}
+    *_, paths, status = ui.generate(app.holder, app.out_dir, values)
+    assert status.startswith("Generated 2 x 1.00 s") and "one generator for the batch" in status
+    for i, path in enumerate(paths):
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.frames) == (SR, 2, SR)
+        comment = sf.SoundFile(path).copy_metadata()["comment"]
+        assert comment.startswith(f"seed=5 batch_size=2 item={i} ") and "steps=2 " in comment
+    *_, paths, status = ui.generate(app.holder, app.out_dir, values | {"seed": [3, 4]})
+    assert [sf.SoundFile(p).copy_metadata()["comment"].split()[0] for p in paths] == ["seed=3", "seed=4"]
+    assert "one generator" not in status
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 0}, "Steps=0 is invalid"),
+        ({"prompt": None}, "Prompt=None is invalid"),
+        ({"duration": 0.0}, "Seconds total=0.0 is invalid"),
+        ({"duration": 500.0}, "Seconds total: duration=500 is too long"),  # checked against the model
+        ({"continuation": True}, "Continuation: continuation=True needs inpaint_audio"),
+        ({"lora_configs": [{"lora_index": -1}]}, "LoRA sampling controls (JSON)[0].lora_index=-1 is invalid"),
+    ],
+)
+def test_refused_options_show_the_control_label(app: gr.Blocks, changes: dict, message: str) -> None:
+    values = untouched_values(app) | {"prompt": "x", "duration": 1.0} | changes
+    with pytest.raises(gr.Error) as e:
+        ui.generate(app.holder, app.out_dir, values)
+    assert message in e.value.message
+
+
+def test_picking_another_model_moves_the_model_controls(app: gr.Blocks) -> None:
+    on_change = next(f.fn for f in app.fns.values() if getattr(f.fn, "__name__", "") == "on_model_change")
+    small, medium = str(fixture_dir("tiny-small")), str(fixture_dir("tiny-medium"))
+    try:
+        status, *updates = on_change(medium)
+        specs = ui.control_specs(app.holder.model.defaults)
+    finally:
+        on_change(small)
+    assert status == f"Loaded: `{medium}`"
+    from_model = [n for n in specs if FIELDS[n].metadata["from_model"]]
+    for name, update in zip(from_model, updates, strict=True):
+        assert update["value"] == specs[name]["default"], name
+        assert update.get("maximum", specs[name]["maximum"]) == specs[name]["maximum"], name
+    assert specs["sample_size"]["maximum"] > ui.control_specs(app.holder.model.defaults)["sample_size"]["maximum"]
+
+
+def test_launch_flags_come_from_the_load_options() -> None:
+    parser = ui.build_parser()
+    args = parser.parse_args([])
+    assert {name: getattr(args, name) for name in LOAD_FIELDS} == dataclasses.asdict(LoadOptions())
+    args = parser.parse_args(["--device", "cpu", "--dtype", "bfloat16", "--attention-padding", "zero-values",
+                              "--quantize", "int8"])
+    assert (args.device, args.dtype, args.attention_padding, args.quantize) == ("cpu", "bfloat16", "zero-values",
+                                                                               "int8")
+    assert parser.parse_args(["--no-half"]).dtype == "float32"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dtype", "float64"])
+    with pytest.raises(SystemExit):
+        ui.main(["--quantize", "int8", "--device", "cuda"])
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -259,12 +397,18 @@ def test_bad_values_show_an_error_in_the_page(page: Page) -> None:
     page.click("#generate")
     page.locator("[data-testid=toast-text]").first.wait_for(timeout=WAIT_MS)
     page.screenshot(path=str(ARTIFACTS / "ui_error_seconds.png"))
-    expect_error(page, "Seconds total must be more than 0")
+    expect_error(page, "Seconds total=0.0 is invalid")
     set_number(page, "seconds", 2)
     open_section(page, "Inpainting / continuation")
     type_text(page, "#regions textarea", "1.0-abc")
     page.click("#generate")
     expect_error(page, "Inpaint regions: '1.0-abc' is not START-END in seconds")
+    type_text(page, "#regions textarea", "")
+    open_section(page, "Advanced")
+    type_text(page, "#lora-configs textarea", "[{lora_index: 0}]")
+    page.screenshot(path=str(ARTIFACTS / "ui_advanced.png"), full_page=True)
+    page.click("#generate")
+    expect_error(page, "LoRA sampling controls (JSON): not valid JSON")
     picker = page.locator("#model input")
     picker.fill("/no/such/model")
     picker.press("Enter")
@@ -277,7 +421,7 @@ def test_inpainting_with_an_uploaded_file(page: Page, tmp_path: Path) -> None:
     type_text(page, "#prompt textarea", "a tone")
     set_number(page, "seconds", 2)
     open_section(page, "Sampler params")
-    set_number(page, "seed", 5)
+    type_text(page, "#seed textarea", "5")
     generate(page)
     plain, _, plain_src = fetch_output(page, 0)
     assert "seed=5 " in sf.SoundFile(io.BytesIO(plain)).copy_metadata()["comment"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,49 +95,7 @@ class PromptTokenizer:
         return ids, mask
 
 
-# -- text encoder: location, loading ----------------------------------------------------------------
-
-
-def _is_text_encoder_dir(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
-
-
-def resolve_text_encoder_dir(
-    config_path: str | Path,
-    cond_cfg: dict,
-    text_encoder: str | Path | None = None,
-    download: Callable[[str, str | None], Path] | None = None,
-) -> Path:
-    """Folder holding the T5Gemma files (config.json, model.safetensors, tokenizer*.json).
-
-    Order: the explicit `text_encoder` path; else `model_path` of the prompt config; else
-    `<folder of the model config>/<subfolder>` (how a checkpoint folder or a Hub snapshot holds it,
-    and how the fixtures' `"repo_id": "."` resolves). Never relative to the working directory.
-    `download(repo_id, subfolder) -> folder` is the hook for fetching from the Hub when none exists.
-    """
-    if text_encoder is not None:
-        path = Path(text_encoder)
-        if not _is_text_encoder_dir(path):
-            raise FileNotFoundError(f"text encoder folder {path} lacks config.json / model.safetensors")
-        return path
-    # abspath, not resolve(): in a Hub cache snapshot the config is a symlink into blobs/.
-    base = Path(os.path.abspath(config_path)).parent
-    subfolder = cond_cfg.get("subfolder")
-    tried = []
-    if cond_cfg.get("model_path"):
-        tried.append(base / cond_cfg["model_path"])
-    tried.append(base / subfolder if subfolder else base)
-    for path in tried:
-        if _is_text_encoder_dir(path):
-            return path
-    repo_id = cond_cfg.get("repo_id") or cond_cfg.get("model_name")
-    if download is not None and repo_id and repo_id != ".":
-        return Path(download(repo_id, subfolder))
-    raise FileNotFoundError(
-        "T5Gemma text encoder not found (need config.json and model.safetensors); tried: "
-        + ", ".join(str(p) for p in tried)
-        + f". Pass text_encoder=<folder>, or put the files there (repo_id {repo_id!r}, subfolder {subfolder!r})."
-    )
+# -- text encoder ----------------------------------------------------------------------------------
 
 
 class TextEncoder:
@@ -163,6 +121,32 @@ class TextEncoder:
             self.model.to(device)
         ids, mask = ids.to(device), mask.to(device)
         return ids, mask, self.model(ids, mask)
+
+
+class OffloadedTextEncoder:
+    """A text encoder kept in CPU memory that visits the compute device only to encode a batch.
+
+    For GPUs short of memory: the T5Gemma (~0.6 GB in bf16) leaves the GPU after every encode,
+    at the cost of one transfer each way per prompt batch. Same outputs as the plain encoder.
+    """
+
+    def __init__(self, inner: TextEncoder):
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+        self.model = inner.model
+
+    @property
+    def hidden_size(self) -> int:
+        return self.inner.hidden_size
+
+    def encode(self, prompts: Sequence[str], device: str | torch.device) -> tuple[torch.Tensor, ...]:
+        try:
+            return self.inner.encode(prompts, device)
+        finally:
+            if self.model.embed_tokens.weight.device.type != "cpu":
+                self.model.to("cpu")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
 
 
 # -- conditioners ----------------------------------------------------------------------------------
@@ -324,23 +308,20 @@ class Conditioner(nn.Module):
 
     def load_text_encoder(
         self,
-        config_path: str | Path,
-        text_encoder: str | Path | None = None,
+        folders: str | Path | Mapping[str, str | Path],
         device: str | torch.device = "cpu",
-        download: Callable[[str, str | None], Path] | None = None,
         offload: bool = False,
     ) -> None:
-        """Find (see `resolve_text_encoder_dir`), load and attach the T5Gemma of every prompt conditioner.
+        """Load the T5Gemma of every prompt conditioner from its folder and attach it.
 
+        `folders`: one T5Gemma folder for all, or {conditioner id: folder}; which folder holds a
+        model's text encoder is decided by the loading layer (`stable_audio_3.loading.attach_text_encoder`).
         The weights go straight from the file onto `device` in the file's dtype. `offload=True`
         keeps them in CPU memory instead; they visit the compute device only while encoding.
         """
-        from ..loading import OffloadedTextEncoder, load_t5gemma_encoder
-
-        for cond in self.prompt_conditioners().values():
-            folder = resolve_text_encoder_dir(config_path, cond.source, text_encoder, download)
-            tokenizer = PromptTokenizer.from_dir(folder, cond.max_length)
-            encoder = TextEncoder(tokenizer, load_t5gemma_encoder(folder, "cpu" if offload else device))
+        for key, cond in self.prompt_conditioners().items():
+            folder = folders if isinstance(folders, (str, os.PathLike)) else folders[key]
+            encoder = TextEncoder.from_dir(folder, cond.max_length, "cpu" if offload else device)
             cond.attach(OffloadedTextEncoder(encoder) if offload else encoder)
         self.offload_text_encoder = offload
 

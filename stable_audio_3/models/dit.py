@@ -18,13 +18,14 @@ Module names equal the official checkpoint's keys after the `model.model.` prefi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..guidance import cfg_applies, guided_velocity, unconditional_cross_cond
 from .attention import apply_rope, attention, check_backend, dense_attention_math, rope_angles
-from .fourier import expo_fourier_features
+from .fourier import expo_fourier_features, frequencies_on
 from .same import FeedForward
 
 ATTENTION_PADDING = ("exclude", "zero-values")
@@ -169,16 +170,17 @@ class TransformerBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor,
         modulation: torch.Tensor,
-        local_add_cond: torch.Tensor | None,
+        context_kv: torch.Tensor,
+        local: torch.Tensor | None,
         rope: torch.Tensor,
         padding: Padding,
         backend: str,
-        cache: dict | None = None,
     ) -> torch.Tensor:
-        """x (B, N, E); modulation (B, 6E) from the global embedding; `padding` says which tokens get
-        self-attention and feed-forward updates; `cache` memoises step-invariant projections."""
+        """x (B, N, E); modulation (B, 6E) from the global embedding; `context_kv` this block's
+        cross-attention keys/values and `local` its local-add embedding (both step-invariant, see
+        `DiffusionTransformer.prepare`); `padding` says which tokens get self-attention and
+        feed-forward updates."""
         scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + modulation).unsqueeze(1).chunk(6, dim=-1)
         )
@@ -188,49 +190,60 @@ class TransformerBlock(nn.Module):
         h = self.self_attn(h, rope=rope[:n], key_mask=padding.key_mask, value_mask=padding.value_mask, backend=backend)
         x = padding.add_update(x, h * torch.sigmoid(1 - gate_sa))
 
-        kv = cached(cache, (id(self), "kv", context.shape[0]), lambda: self.cross_attn.to_kv(context))
-        x = x + self.cross_attn(self.cross_attend_norm(x), context=context, context_kv=kv, backend=backend)
+        x = x + self.cross_attn(self.cross_attend_norm(x), context_kv=context_kv, backend=backend)
 
-        if local_add_cond is not None:
-            local = cached(cache, (id(self), "local", local_add_cond.shape[0]),
-                           lambda: self.to_local_embed(local_add_cond))
+        if local is not None:
             x = x + align_right(local, x.shape[1])
 
         h = self.ff(self.ff_norm(x[:, :n]) * (1 + scale_ff) + shift_ff)
         return padding.add_update(x, h * torch.sigmoid(1 - gate_ff))
 
 
-def cached(cache: dict | None, key: tuple, compute) -> torch.Tensor:
-    """compute(), memoised in `cache` (one generate() call's step-invariant values) when one is given."""
-    if cache is None:
-        return compute()
-    if key not in cache:
-        cache[key] = compute()
-    return cache[key]
-
-
 class Padding:
-    """Which tokens get self-attention and feed-forward updates, worked out once per DiT pass.
+    """Which tokens get self-attention and feed-forward updates, fixed for a whole sampling run.
 
     "exclude": padded tokens are no keys and get no update, so only the first `active` tokens (the
     memory tokens and the longest item's valid latents) are computed at all; a key mask is needed
     only when items of the batch differ in length. "zero-values": every token is computed, padded
-    values are zeroed.
+    values are zeroed. Built from lengths known on the host (`from_lengths`), it costs the step no
+    device synchronisation.
     """
 
-    def __init__(self, valid: torch.Tensor | None, exclude: bool, length: int):
-        self.active, self.key_mask, self.value_mask, self.valid = length, None, None, None
-        if valid is None:
-            return
+    def __init__(self, length: int, active: int | None = None, valid: torch.Tensor | None = None,
+                 key_mask: torch.Tensor | None = None, value_mask: torch.Tensor | None = None):
+        self.length, self.active = length, length if active is None else active
+        self.valid, self.key_mask, self.value_mask = valid, key_mask, value_mask
+
+    @classmethod
+    def from_lengths(cls, lengths: list[int], length: int, num_memory: int, exclude: bool,
+                     device: torch.device | str) -> Padding:
+        """Items whose first lengths[b] latents are valid, after `num_memory` always-valid tokens;
+        `length` counts all tokens (memory included)."""
+        total = [num_memory + n for n in lengths]
+        if all(n == length for n in total):
+            return cls(length)
+        valid = torch.arange(length, device=device)[None, :] < torch.tensor(total, device=device)[:, None]
         if not exclude:
-            self.value_mask = valid[:, None, :, None]
-            return
+            return cls(length, value_mask=valid[:, None, :, None])
+        active = max(total)
+        if all(n == active for n in total):
+            return cls(length, active)
+        active_valid = valid[:, :active]
+        return cls(length, active, active_valid[..., None], active_valid[:, None, None, :])
+
+    @classmethod
+    def from_mask(cls, valid: torch.Tensor | None, exclude: bool, length: int) -> Padding:
+        """From any (B, N) validity mask; reads it on the host (a sync), so not for the sampling loop."""
+        if valid is None:
+            return cls(length)
+        if not exclude:
+            return cls(length, value_mask=valid[:, None, :, None])
         positions = torch.arange(1, length + 1, device=valid.device)
-        self.active = int((valid * positions).amax())  # one past the last valid token of any item
-        active_valid = valid[:, : self.active]
-        if not bool(active_valid.all()):
-            self.valid = active_valid[..., None]
-            self.key_mask = active_valid[:, None, None, :]
+        active = int((valid * positions).amax())  # one past the last valid token of any item
+        active_valid = valid[:, :active]
+        if bool(active_valid.all()):
+            return cls(length, active)
+        return cls(length, active, active_valid[..., None], active_valid[:, None, None, :])
 
     def add_update(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
         """x + update on the active tokens (masked to the valid ones); the rest unchanged."""
@@ -283,28 +296,22 @@ class ContinuousTransformer(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        context: torch.Tensor,
         global_embed: torch.Tensor,
-        local_add_cond: torch.Tensor | None,
-        padding_mask: torch.Tensor | None,
-        exclude_padding: bool,
+        context_kv: list[torch.Tensor],
+        local: list[torch.Tensor | None],
+        padding: Padding,
         backend: str,
-        cache: dict | None = None,
     ) -> torch.Tensor:
-        """x (B, T, C_in), context (B, S, E), global_embed (B, E), local (B, T, C_local) -> (B, T, C_out)."""
+        """x (B, T, C_in), global_embed (B, E), per-block cross keys/values and local embeddings
+        -> (B, T, C_out)."""
         b = x.shape[0]
         x = self.project_in(x)
         if self.num_memory_tokens > 0:
             x = torch.cat([self.memory_tokens.expand(b, -1, -1), x], dim=1)
         rope = self.rotary_pos_emb.angles(x.shape[1])  # memory tokens take positions 0..M-1
         modulation = self.global_cond_embedder(global_embed)
-        valid = None
-        if padding_mask is not None:  # memory tokens are always valid
-            memory = padding_mask.new_ones(b, self.num_memory_tokens)
-            valid = torch.cat([memory, padding_mask], dim=1)
-        padding = Padding(valid, exclude_padding, x.shape[1])
-        for layer in self.layers:
-            x = layer(x, context, modulation, local_add_cond, rope, padding, backend, cache)
+        for layer, kv, loc in zip(self.layers, context_kv, local, strict=True):
+            x = layer(x, modulation, kv, loc, rope, padding, backend)
         return self.project_out(x[:, self.num_memory_tokens :])
 
 
@@ -332,7 +339,7 @@ _REQUIRED = (
 
 
 class DiffusionTransformer(nn.Module):
-    """The SA3 DiT plus its classifier-free guidance (the reference's DiTWrapper / DiffusionTransformer)."""
+    """The SA3 DiT: latents + conditioning -> velocity. Guidance wraps it from outside (`guidance`)."""
 
     def __init__(
         self,
@@ -417,6 +424,49 @@ class DiffusionTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.to_cond_embed[0].weight.dtype
 
+    def prepare(
+        self,
+        cross_attn_cond: torch.Tensor,
+        global_cond: torch.Tensor,
+        local_add_cond: torch.Tensor | None = None,
+    ) -> PreparedConditioning:
+        """The projections that do not change between sampling steps, computed once per run: the
+        prompt tokens, each block's cross-attention keys/values and local-add embedding, and the
+        global embedding's conditioning part. cross_attn_cond (B, S, 768), global_cond (B, 768),
+        local_add_cond (B, C+1, T)."""
+        dtype = self.dtype
+        context = self.to_cond_embed(cross_attn_cond.to(dtype))
+        layers = self.transformer.layers
+        kv = [layer.cross_attn.to_kv(context) for layer in layers]
+        local = [None] * len(layers)
+        if local_add_cond is not None:
+            tokens = local_add_cond.to(dtype).transpose(1, 2)
+            local = [layer.to_local_embed(tokens) for layer in layers]
+        frequencies = frequencies_on(self.timestep_features_dim, global_cond.device)
+        return PreparedConditioning(self.to_global_embed(global_cond.to(dtype)), kv, local, frequencies)
+
+    def padding(self, lengths: list[int], latent_length: int, attention_padding: str,
+                device: torch.device | str) -> Padding:
+        """The run's `Padding` for items with `lengths` valid latents out of `latent_length` (host data)."""
+        exclude = check_attention_padding(attention_padding) == "exclude"
+        memory = self.transformer.num_memory_tokens
+        return Padding.from_lengths(lengths, memory + latent_length, memory, exclude, device)
+
+    def step_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: PreparedConditioning,
+                      padding: Padding) -> torch.Tensor:
+        """One pass with prepared conditioning: x (B, C, T), t (B,) -> velocity (B, C, T). No host
+        synchronisation and no branching on tensor values, so it compiles whole."""
+        dtype = self.dtype
+        x = x.to(dtype)
+        # t is rounded to the model dtype before the features, as the checkpoints saw it.
+        features = expo_fourier_features(t.to(dtype), self.timestep_features_dim, frequencies=cond.frequencies)
+        global_embed = cond.global_embed + self.to_timestep_embed(features)
+        x = self.preprocess_conv(x) + x
+        out = self.transformer(x.transpose(1, 2), global_embed, cond.context_kv, cond.local, padding,
+                               self.attention_backend)
+        out = out.transpose(1, 2)
+        return self.postprocess_conv(out) + out
+
     def velocity(
         self,
         x: torch.Tensor,
@@ -426,84 +476,26 @@ class DiffusionTransformer(nn.Module):
         local_add_cond: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         attention_padding: str = "exclude",
-        cache: dict | None = None,
     ) -> torch.Tensor:
         """One unguided pass. x (B, C, T), t (B,), cross_attn_cond (B, S, 768), global_cond (B, 768),
         local_add_cond (B, C+1, T), padding_mask (B, T) bool (True = valid) -> velocity (B, C, T).
-
-        `cache`: a dict kept across the steps of one sampling run, where the projections that do not
-        change between steps (conditioning tokens, cross-attention keys and values, local-add
-        embeddings) are stored the first time; None computes everything on every call."""
+        Prepares the conditioning on every call (training, tests); sampling uses `prepare` once."""
         exclude = check_attention_padding(attention_padding) == "exclude"
-        dtype = self.dtype
-        x = x.to(dtype)
-        context = cached(cache, ("context", x.shape[0]), lambda: self.to_cond_embed(cross_attn_cond.to(dtype)))
-        # t is rounded to the model dtype before the features, as the checkpoints saw it.
-        features = expo_fourier_features(t.to(dtype), self.timestep_features_dim)
-        global_embed = self.to_global_embed(global_cond.to(dtype)) + self.to_timestep_embed(features)
-        x = self.preprocess_conv(x) + x
-        local = None if local_add_cond is None else local_add_cond.to(dtype).transpose(1, 2)
-        mask = None if padding_mask is None else padding_mask.bool()
-        out = self.transformer(
-            x.transpose(1, 2), context, global_embed, local, mask, exclude, self.attention_backend, cache
-        )
-        out = out.transpose(1, 2)
-        return self.postprocess_conv(out) + out
+        valid = None
+        if padding_mask is not None:  # memory tokens are always valid
+            memory = padding_mask.new_ones(x.shape[0], self.transformer.num_memory_tokens, dtype=torch.bool)
+            valid = torch.cat([memory, padding_mask.bool()], dim=1)
+        padding = Padding.from_mask(valid, exclude, self.transformer.num_memory_tokens + x.shape[-1])
+        return self.step_velocity(x, t, self.prepare(cross_attn_cond, global_cond, local_add_cond), padding)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor,
-        cross_attn_cond: torch.Tensor,
-        global_cond: torch.Tensor,
-        local_add_cond: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
-        *,
-        negative_cross_attn_cond: torch.Tensor | None = None,
-        negative_cross_attn_mask: torch.Tensor | None = None,
-        cfg_scale: float = 1.0,
-        apg_scale: float = 1.0,
-        cfg_interval: tuple[float, float] = (0.0, 1.0),
-        cfg_norm_threshold: float = 0.0,
-        scale_phi: float = 0.0,
-        attention_padding: str = "exclude",
-        cache: dict | None = None,
-    ) -> torch.Tensor:
-        """Velocity, guided when cfg_scale != 1 and t[0] lies in `cfg_interval` (see `guidance`).
+    forward = velocity
 
-        The conditional and unconditional halves run as one batch of 2B. The unconditional half uses
-        the negative cross-attention cond (tokens with negative mask 0 zeroed) or, without one, zeros;
-        both halves use the same global cond. A guided result is float32 (sigma = t is float32).
-        """
-        check_attention_padding(attention_padding)
-        t = t.float()
-        if padding_mask is not None:
-            padding_mask = padding_mask.bool()
-        if not cfg_applies(cfg_scale, float(t[0]), cfg_interval):
-            return self.velocity(
-                x, t, cross_attn_cond, global_cond, local_add_cond, padding_mask, attention_padding, cache
-            )
 
-        dtype = self.dtype
-        x = x.to(dtype)
-        cross_attn_cond = cross_attn_cond.to(dtype)
-        negative = None if negative_cross_attn_cond is None else negative_cross_attn_cond.to(dtype)
-        uncond = unconditional_cross_cond(cross_attn_cond, negative, negative_cross_attn_mask)
+@dataclass
+class PreparedConditioning:
+    """Step-invariant DiT inputs of one run (see `DiffusionTransformer.prepare`)."""
 
-        def twice(a: torch.Tensor | None) -> torch.Tensor | None:
-            return None if a is None else torch.cat([a, a], dim=0)
-
-        v = self.velocity(
-            twice(x),
-            twice(t),
-            torch.cat([cross_attn_cond, uncond], dim=0),
-            twice(global_cond),
-            twice(local_add_cond),
-            twice(padding_mask),
-            attention_padding,
-            cache,
-        )
-        cond_v, uncond_v = v.chunk(2, dim=0)
-        return guided_velocity(
-            x, t, cond_v, uncond_v, cfg_scale, apg_scale, padding_mask, cfg_norm_threshold, scale_phi
-        )
+    global_embed: torch.Tensor
+    context_kv: list[torch.Tensor]
+    local: list[torch.Tensor | None]
+    frequencies: torch.Tensor  # of the timestep features

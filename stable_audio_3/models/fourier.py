@@ -96,8 +96,17 @@ def _frequencies_on(half_dim: int, min_freq: float, max_freq: float, device: tor
     return expo_frequencies(half_dim, min_freq, max_freq).to(device)
 
 
+def frequencies_on(dim: int, device: torch.device | str, min_freq: float = 0.5,
+                   max_freq: float = 10000.0) -> torch.Tensor:
+    """The (dim // 2,) frequencies of `expo_fourier_features` on `device` (cached per device)."""
+    return _frequencies_on(dim // 2, min_freq, max_freq, torch.device(device))
+
+
 def expo_fourier_features(t: torch.Tensor, dim: int = 256, min_freq: float = 0.5,
-                          max_freq: float = 10000.0) -> torch.Tensor:
-    """(B,) or (B, 1) -> (B, dim): [cos(2 pi f t), sin(2 pi f t)]; float32 inside, t's dtype out."""
-    angles = t.float().reshape(-1, 1) * _frequencies_on(dim // 2, min_freq, max_freq, t.device) * 2 * math.pi
+                          max_freq: float = 10000.0, frequencies: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) or (B, 1) -> (B, dim): [cos(2 pi f t), sin(2 pi f t)]; float32 inside, t's dtype out.
+    `frequencies`: `frequencies_on(dim, ...)` fetched ahead, so a compiled step does not build them."""
+    if frequencies is None:
+        frequencies = _frequencies_on(dim // 2, min_freq, max_freq, t.device)
+    angles = t.float().reshape(-1, 1) * frequencies * 2 * math.pi
     return torch.cat([angles.cos(), angles.sin()], dim=-1).to(t.dtype)

@@ -1,12 +1,18 @@
 """HTTP serving: a FastAPI app with a SQLite-backed job queue (`create_app`), the `serve` command line
 (`main`), and a Ray Serve deployment in `stable_audio_3.server.ray` (imported only when used).
 
+Layers, each importing only those below it: settings (ServerConfig); jobs (SQLite store); schema (the
+JSON shapes, made from `GenerationRequest`); resolve (request -> job -> request); metrics; worker;
+uploads (bodies and audio files); state (models, LoRAs, workers); app (routes); config (the command
+line) and ray (the Ray Serve deployment) on top.
+
 Needs the `server` extra: pip install 'stable-audio-3[server]'.
 """
 
 from __future__ import annotations
 
-from .config import ServerConfig, build_parser, main, run
+from .config import build_parser, main, run
+from .settings import ServerConfig
 
 __all__ = ["ServerConfig", "build_parser", "create_app", "main", "run"]
 

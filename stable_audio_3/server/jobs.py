@@ -110,8 +110,8 @@ class Job:
 
 
 def write_float_wav(path: Path, audio, sample_rate: int) -> Path:
-    """(C, T) audio -> a 32-bit float WAV holding exactly these samples, atomically: no clamping
-    (uploads are kept as given and `clamp=false` outputs keep their peaks)."""
+    """(C, T) audio -> a 32-bit float WAV holding exactly these samples, atomically: no clamping, so
+    uploads are kept as decoded (outputs are written by the worker through output.save_item)."""
     return write_audio(path, audio, sample_rate, subtype="FLOAT", clamp=False)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-from .config import ServerConfig
+from .settings import ServerConfig
 
 
 @cache
@@ -59,9 +59,10 @@ def build_app(
 
     - `num_replicas`: a fixed count; otherwise Ray autoscales between `min_replicas` and `max_replicas`.
     - `num_gpus` per replica (1: one replica per GPU; 0 for CPU replicas).
-    - `config`: any other `ServerConfig` field (api_key, max_queue, max_batch, job_timeout_s, ...), e.g.
-      `loras={"drums": "/shared/loras/drums.safetensors"}` (the LoRA names requests may use; every replica
-      checks at start that each file exists and fits a model it serves, as `stable-audio serve --lora` does).
+    - `config`: any other `ServerConfig` field (api_key, max_queue, max_batch, job_timeout_s, dtype, ...), e.g.
+      `loras={"drums": "/shared/loras/drums.safetensors", "octave-up": "octave-up"}` (the LoRA names requests
+      may use: a file, or a LoRA shipped with a served model; every replica checks at start that each one
+      exists and fits a model it serves, as `stable-audio serve --lora` does).
     """
     from ray import serve
 

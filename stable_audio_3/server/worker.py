@@ -1,8 +1,10 @@
 """One worker thread per loaded model: takes queued jobs from the store, batches compatible ones, generates.
 
-Batched jobs keep their own per-item seeds, so each one's audio equals what it would get alone.
-Cancellation and the per-job timeout act through generate()'s step callback: it returns False and
-generation stops at the next sampling step.
+Each batch is one `GenerationRequest` run by `model.run`; its items are cut and written by the shared
+output module (output.py), as the CLI writes them. Batched jobs keep their own per-item seeds, so each
+one's audio equals what it would get alone; a job whose int seed is shared by several items runs alone
+(see resolve.batch_key). Cancellation and the per-job timeout act through the step callback: it returns
+False and generation stops at the next sampling step.
 """
 
 from __future__ import annotations
@@ -10,54 +12,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict
 
 from .. import GenerationCancelled
 from ..audio import read_audio
-from .config import ServerConfig
-from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity, write_float_wav
+from ..output import file_metadata, item_audio, save_item
+from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity
+from .metrics import Metrics
+from .resolve import batch_request
+from .settings import ServerConfig
 
 log = logging.getLogger("stable_audio_3.server")
 
-# generate() arguments a job stores besides prompt/negative_prompt/duration (taken from the batch's first job)
-SHARED_ARGS = (
-    "steps",
-    "cfg_scale",
-    "apg_scale",
-    "sampler_type",
-    "scale_phi",
-    "cfg_norm_threshold",
-    "duration_padding_sec",
-    "chunked_decode",
-    "init_noise_level",
-    "continuation",
-)
-# added later: jobs stored before them lack these and get the Python API's defaults
-SHARED_DEFAULTS = {"inpaint_paste_back": False, "dist_shift": None, "sample_size": None, "clamp": True}
 MAINTENANCE_EVERY_S = 30.0
-
-
-class Metrics:
-    """Counters for /metrics (Prometheus text format), shared by the app and the workers."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.counters: dict[tuple[str, tuple], float] = defaultdict(float)
-
-    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        with self._lock:
-            self.counters[(name, tuple(sorted(labels.items())))] += value
-
-    def snapshot(self) -> dict[tuple[str, tuple], float]:
-        with self._lock:
-            return dict(self.counters)
+# An int seed shared by a batch seeds torch's global generators; workers of other models (threads of this
+# process) must not draw from them meanwhile. Per-item seeds use their own generators and need no lock.
+SHARED_GENERATOR = threading.Lock()
 
 
 class Worker:
     """Runs the queue of one model on its device until `stop()`."""
 
-    def __init__(self, name: str, model, store: JobStore, config: ServerConfig, metrics: Metrics):
+    def __init__(self, name: str, model, store: JobStore, config: ServerConfig, metrics: Metrics,
+                 loras: dict[str, str] | None = None):
         self.name, self.model, self.store, self.config, self.metrics = name, model, store, config, metrics
+        self.loras = dict(loras or {})  # the LoRA names offered for this model -> their files
         self.owner = worker_identity()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -136,9 +114,9 @@ class Worker:
         changes; strengths are set every time. A job without LoRAs leaves none loaded."""
         paths = []
         for lora in loras:
-            if lora["name"] not in self.config.loras:  # a job queued before a restart with other --lora options
-                raise ValueError(f"LoRA {lora['name']!r} is not configured on this server (any more)")
-            paths.append(self.config.loras[lora["name"]])
+            if lora["name"] not in self.loras:  # a job queued before a restart with other --lora options
+                raise ValueError(f"LoRA {lora['name']!r} is not configured for this model (any more)")
+            paths.append(self.loras[lora["name"]])
         if paths != self._lora_paths or len(self.model.loras) != len(paths):
             self.model.unload_lora()
             self._lora_paths = []
@@ -170,31 +148,21 @@ class Worker:
             return None
 
         p = first.params
-        kwargs = {k: p[k] for k in SHARED_ARGS} | {k: p.get(k, v) for k, v in SHARED_DEFAULTS.items()}
-        kwargs["cfg_interval"] = tuple(p["cfg_interval"])
-        if p["inpaint_mask_start_seconds"] is not None:
-            kwargs["inpaint_mask_start_seconds"] = p["inpaint_mask_start_seconds"]
-            kwargs["inpaint_mask_end_seconds"] = p["inpaint_mask_end_seconds"]
-        prompts = [x for j in jobs for x in j.params["prompt"]]
-        negatives = None if p["negative_prompt"] is None else [x for j in jobs for x in j.params["negative_prompt"]]
-        durations = [x for j in jobs for x in j.params["duration"]]
-        seeds = [s for j in jobs for s in j.seeds]
-        log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), len(seeds), ", ".join(ids))
+        items = sum(j.num_items for j in jobs)
+        log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), items, ", ".join(ids))
         try:
             self._apply_loras(p.get("loras") or [])
+            inputs = {}
             for role, filename in first.inputs.items():  # uploads were decoded and re-encoded by the server
                 audio, sr = read_audio(self.store.file_path(first.id, filename))
-                kwargs[role] = (sr, audio)
-            audio = self.model.generate(
-                prompt=prompts,
-                negative_prompt=negatives,
-                duration=durations,
-                seed=seeds,
-                batch_size=len(seeds),
-                callback=on_step,
-                noise_device=self.config.noise_device,
-                **kwargs,
-            )
+                inputs[role] = (sr, audio)
+            request = batch_request([(j.params, j.seeds) for j in jobs], noise_device=self.config.noise_device,
+                                    **inputs)
+            if isinstance(request.seed, list):
+                result = self.model.run(request, callback=on_step)
+            else:
+                with SHARED_GENERATOR:
+                    result = self.model.run(request, callback=on_step)
         except GenerationCancelled:
             if self._stop.is_set() and not state["timed_out"]:
                 self.store.requeue(jobs)
@@ -214,24 +182,19 @@ class Worker:
             return
         gen_s = time.monotonic() - t0
         self.metrics.inc("sa3_batches_total", model=self.name)
-        self.metrics.inc("sa3_batch_items_total", len(seeds), model=self.name)
+        self.metrics.inc("sa3_batch_items_total", items, model=self.name)
         self.metrics.inc("sa3_generate_seconds_total", gen_s, model=self.name)
 
         cancelled = self.store.cancel_requested(ids)
-        sr, offset = self.model.sample_rate, 0
+        offset = 0
         for job in jobs:
-            items = audio[offset : offset + job.num_items]
+            indices = range(offset, offset + job.num_items)
             offset += job.num_items
             if job.id in cancelled:
                 self._end([job], CANCELLED, None)
                 continue
             try:
-                outputs = []
-                for i, (item, d) in enumerate(zip(items, job.params["duration"], strict=True)):
-                    name = f"output_{i}.wav"
-                    write_float_wav(self.store.file_path(job.id, name), item[:, : int(d * sr)], sr)
-                    outputs.append(name)
-                    self.metrics.inc("sa3_audio_seconds_total", d, model=self.name)
+                outputs = self._write(job, result, indices)
             except Exception as e:
                 log.exception("worker %s: writing job %s failed", self.name, job.id)
                 self._end([job], FAILED, f"writing the audio failed: {e}")
@@ -244,6 +207,22 @@ class Worker:
             if self.store.finish(job.id, batch_id, COMPLETED, outputs=outputs, timings=timings):
                 self.store.remove_files(job.id, keep_outputs=True)
                 self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=COMPLETED)
+
+    def _write(self, job: Job, result, indices: range) -> list[str]:
+        """The job's items of a batch result, each cut to its duration, as 32-bit float WAVs holding exactly the
+        generated samples (peaks above 0 dBFS too, when the job asked for clamp=false), with the metadata that
+        reproduces them; other formats are made from these on request."""
+        loras = [(x["name"], float(x["strength"])) for x in job.params.get("loras") or []]
+        outputs = []
+        for i, index in enumerate(indices):
+            name = f"output_{i}.wav"
+            audio = item_audio(result.audio, result.request, index, result.sample_rate)
+            metadata = file_metadata(result.request, result.seeds, index, self.name, loras)
+            save_item(self.store.file_path(job.id, name), audio, result.sample_rate, metadata, bit_depth=32,
+                      clamp=False)
+            outputs.append(name)
+            self.metrics.inc("sa3_audio_seconds_total", result.request.duration[index], model=self.name)
+        return outputs
 
     def _end(self, jobs: list[Job], status: str, error: str | None) -> None:
         for job in jobs:

@@ -1,0 +1,144 @@
+"""Plan a generation: everything decided before the first model runs.
+
+`make_plan` turns a resolved `GenerationRequest` and the loaded components into a `Plan` with no
+model work: the lengths and masks, the seeds and their generators, the starting noise (the
+reference's first draw), the schedule and each step's sampler tensors, which model calls are
+guided, and which LoRA state each step runs with. The sampling loop then only looks things up in
+the plan, so a step never has to ask the device anything.
+
+Ping-pong's per-step noise is drawn from the plan's `rng` by the loop, one draw per step, in the
+reference's order (nothing else draws in between), so its memory stays one step's worth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import masks
+from .audio import read_audio
+from .guidance import cfg_applies
+from .models.noise import NoiseSource
+from .request import GenerationRequest, OptionError, inpaint_regions, is_number
+from .sampling import build_schedule, call_times, random_seed, shift_from_options, step_tables
+
+
+@dataclass
+class Plan:
+    """A resolved request laid out for the run (see the module docstring)."""
+
+    request: GenerationRequest
+    num_samples: int  # audio samples generated (the longest item + headroom, aligned)
+    latent_length: int
+    lengths: list[int]  # valid latents of each item (the rest is padding)
+    padding_mask: torch.Tensor  # (B, T) bool, True on valid latents
+    audio_mask: torch.Tensor | None  # audio-rate keep-mask (1 keep, 0 regenerate) or None
+    init: tuple[torch.Tensor, int] | None  # (audio, sample rate) as given
+    inpaint: tuple[torch.Tensor, int] | None
+    seeds: list[int]
+    rng: NoiseSource
+    noise: torch.Tensor  # the starting noise (B, C, T), model dtype
+    sigma_max: float
+    schedule: torch.Tensor  # (B, steps + 1) float32 on the device
+    tables: dict[str, torch.Tensor]  # per-step sampler tensors (steps, B)
+    guided: list[tuple[bool, ...]]  # per step, per model call: guided (2B batch) or plain
+    lora_steps: list[int] = field(default_factory=list)  # per step: index into lora_states
+    lora_states: list[tuple[bool, ...]] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.guided)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+
+def load_audio_input(value, name: str) -> tuple[torch.Tensor, int]:
+    """(sample_rate, audio) as the reference takes it, (audio, sample_rate) as torchaudio returns it
+    (told apart by type), or a path to an audio file. Audio: tensor (C, T) / (T,), numpy (T,) / (T, C)."""
+    from .audio import as_channels_first, check_sample_rate
+
+    if not isinstance(value, (tuple, list)):
+        return read_audio(value)
+    first, second = value
+    sr, audio = (first, second) if is_number(first) else (second, first)
+    return as_channels_first(audio, name), check_sample_rate(sr, f"{name} sample rate")
+
+
+def inpaint_layout(request: GenerationRequest, inpaint: tuple[torch.Tensor, int] | None):
+    """The regions to regenerate (seconds), clipped to the output; continuation's is from the end of
+    the given audio to the duration. A region entirely past the output is refused."""
+    end = max(request.duration)
+    if request.continuation:
+        start = inpaint[0].shape[-1] / inpaint[1]
+        if start >= end:
+            raise OptionError("duration", end, "", f"continuation: duration={end:g} must be longer than the "
+                              f"inpaint audio ({start:.2f} s)")
+        return [start], [end]
+    regions = inpaint_regions(request.inpaint_mask_start_seconds, request.inpaint_mask_end_seconds)
+    if regions is None:
+        return None, None
+    for s, _ in regions:
+        if s >= end:
+            raise OptionError("inpaint_mask_start_seconds", s, "", f"inpaint region starting at {s:g} s lies "
+                              f"entirely after the output ({end:g} s); regions must start before the duration")
+    clipped = [(s, min(e, end)) for s, e in regions]
+    return [s for s, _ in clipped], [e for _, e in clipped]
+
+
+def make_seeds(request: GenerationRequest, device: torch.device) -> tuple[list[int], NoiseSource]:
+    """The seed rule (see `request`): an int seeds torch's global generator for the whole batch (as
+    the reference); a list gives each item its own generator. -1 draws from [0, 99999)."""
+    noise_device = request.noise_device
+    if isinstance(request.seed, list):
+        seeds = [random_seed() if s == -1 else s for s in request.seed]
+        return seeds, NoiseSource.per_item(seeds, device=noise_device or device)
+    seed = random_seed() if request.seed == -1 else request.seed
+    torch.manual_seed(seed)
+    return [seed] * request.batch_size, NoiseSource(device=noise_device)
+
+
+def make_plan(c, request: GenerationRequest) -> Plan:
+    """Plan a resolved request for the components `c` (see `pipeline.Components`)."""
+    r, device, sr = request, c.device, c.sample_rate
+    b = r.batch_size
+    init = load_audio_input(r.init_audio, "init_audio") if r.init_audio is not None else None
+    inpaint = load_audio_input(r.inpaint_audio, "inpaint_audio") if r.inpaint_audio is not None else None
+    starts, ends = inpaint_layout(r, inpaint)
+    shift = r.dist_shift
+    if shift is None or isinstance(shift, dict):
+        shift = shift_from_options(shift if shift is not None else
+                                   c.config["model"]["diffusion"].get("sampling_distribution_shift_options"))
+    ratio = c.autoencoder.downsampling_ratio
+    encoder_cfg = c.config["model"]["pretransform"]["config"]["encoder"]["config"]
+    num_samples = masks.audio_sample_size(
+        r.duration, sample_rate=sr, downsampling_ratio=ratio, padding_seconds=r.duration_padding_sec,
+        latents_per_align=masks.latents_per_alignment(encoder_cfg), sample_size=r.sample_size)
+    length = num_samples // ratio
+    audio_mask = masks.build_audio_inpaint_mask(
+        num_samples=num_samples, sample_rate=sr, durations=r.duration, batch_size=b, start_seconds=starts,
+        end_seconds=ends, mask=r.inpaint_mask, device=device)
+    lengths = masks.valid_lengths(r.duration, sample_rate=sr, downsampling_ratio=ratio, latent_length=length,
+                                  padding_seconds=r.duration_padding_sec)
+
+    seeds, rng = make_seeds(r, device)
+    noise = rng.randn((b, c.latent_channels, length), device).to(c.dtype)  # the reference's first draw
+
+    sigma_max = r.init_noise_level if init is not None else 1.0
+    content = masks.content_latents(r.duration, sample_rate=sr, downsampling_ratio=ratio)
+    schedule = build_schedule(r.steps, content, sigma_max, shift)  # on the host: the plan reads it
+    tables = step_tables(r.sampler_type, schedule, c.dtype)
+    guided = [tuple(cfg_applies(r.cfg_scale, t, r.cfg_interval) for t in ts)
+              for ts in call_times(r.sampler_type, tables)]
+    plan = Plan(r, num_samples, length, lengths.tolist(), masks.padding_mask(lengths, length).to(device),
+                audio_mask, init, inpaint, seeds, rng, noise, sigma_max, schedule.to(device),
+                {k: v.to(device) for k, v in tables.items()}, guided)
+    loras = getattr(c, "loras", None)
+    if r.lora_configs and not (loras and len(loras)):
+        raise OptionError("lora_configs", r.lora_configs, "", "lora_configs was given but no LoRA is loaded")
+    if loras is not None and len(loras):
+        sigmas = [ts[0] for ts in call_times(r.sampler_type, tables)]
+        plan.lora_steps, plan.lora_states = loras.step_states(r.lora_configs, sigmas)
+    return plan

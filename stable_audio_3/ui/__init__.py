@@ -1,0 +1,55 @@
+"""`stable-audio-ui`: a Gradio page for text-to-audio, audio-to-audio and inpainting / continuation.
+
+The page is made from `GenerationRequest`: one control per field a page can carry (`controls.py`,
+defaults and bounds from the field metadata and the loaded model's defaults), and one generation
+function that builds a request from the values by field name, verifies it (a refused option shows
+as `gr.Error`, spelled with the control's label), runs it and writes the files with `output.py`, as
+the command line does. One model is held at a time; picking another one loads it and moves the
+model-dependent controls (seconds, steps, CFG, sampler, sample size) to its defaults. The
+reference's LLM prompt assistant, RF-inversion controls (never passed to generation there) and
+"infinite radio" scripts are not included.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home; this runs offline
+
+try:
+    import gradio  # noqa: F401
+except ImportError as e:  # the UI is an extra: say how to get it instead of a traceback
+    raise SystemExit(f"stable-audio-ui needs Gradio: pip install 'stable-audio-3[ui]' ({e})") from e
+
+from .app import (  # noqa: E402
+    FORMATS,
+    MAX_PLAYERS,
+    SECTIONS,
+    SETTINGS,
+    ModelHolder,
+    add_load_flags,
+    build_app,
+    build_parser,
+    generate,
+    main,
+    read_values,
+    spectrogram_image,
+)
+from .controls import (  # noqa: E402
+    SHIFT_PARAMS,
+    Control,
+    ControlSpec,
+    control_specs,
+    label_of,
+    make_control,
+    parse_regions,
+    parse_seeds,
+    parse_shift,
+    specs,
+)
+
+__all__ = [
+    "FORMATS", "MAX_PLAYERS", "SECTIONS", "SETTINGS", "SHIFT_PARAMS", "Control", "ControlSpec", "ModelHolder",
+    "add_load_flags", "build_app", "build_parser", "control_specs", "generate", "label_of", "main", "make_control",
+    "parse_regions", "parse_seeds", "parse_shift", "read_values", "specs", "spectrogram_image",
+]
