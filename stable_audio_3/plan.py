@@ -140,5 +140,8 @@ def make_plan(c, request: GenerationRequest) -> Plan:
         raise OptionError("lora_configs", r.lora_configs, "", "lora_configs was given but no LoRA is loaded")
     if loras is not None and len(loras):
         sigmas = [ts[0] for ts in call_times(r.sampler_type, tables)]
-        plan.lora_steps, plan.lora_states = loras.step_states(r.lora_configs, sigmas)
+        try:
+            plan.lora_steps, plan.lora_states = loras.step_states(r.lora_configs, sigmas)
+        except ValueError as e:
+            raise OptionError("lora_configs", r.lora_configs, "", str(e)) from None
     return plan

@@ -353,23 +353,18 @@ def readme_commands(section: str) -> list[str]:
 
 
 def test_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every example of the README's "Command line" section, in order, in an empty folder; only the
-    model is swapped for the tiny fixture (the last --model wins)."""
+    """Every example of the README's "Command line" section, in order, in an empty folder, exactly as
+    written (they use the built-in demo model)."""
     commands = readme_commands("Command line")
     assert len(commands) >= 5
     monkeypatch.chdir(tmp_path)
     for command in commands:
-        main(command.removeprefix("stable-audio "), "--model", tiny())
-    for name, seconds in [
-        ("loop.wav", 8),
-        ("batch_0.flac", 4),
-        ("batch_1.flac", 6),
-        ("jazz.wav", 8),
-        ("fills.mp3", 8),
-        ("longer.flac", 12),
-    ]:
+        main(command.removeprefix("stable-audio "))
+    for name, seconds in [("loop.wav", 3), ("batch_0.flac", 4), ("batch_1.flac", 6), ("tones_2.ogg", 3),
+                          ("a2a.wav", 3), ("fills.mp3", 3), ("longer.flac", 6), ("octave.wav", 3)]:
         info = sf.info(name)
-        assert (info.samplerate, info.channels) == (SR, 2) and info.frames == seconds * SR, name
+        assert info.samplerate == SR and info.channels == 2, name
+        assert abs(info.frames - seconds * SR) <= (2000 if name.endswith(".mp3") else 0), name
 
 
 def test_lora_shipped_with_the_model_by_name(tmp_path: Path) -> None:

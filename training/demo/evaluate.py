@@ -5,9 +5,9 @@ python -m training.demo.evaluate [--model ...] --settings 8-steps-cfg-1         
 
 Each prints the scores as JSON. "recommended" is the model's own defaults (`model.defaults`: for the
 demo its config's 32 steps, cfg 4, Euler), which generate(), the CLI, the web page and the server all
-use when a call names none; "8-steps-cfg-1" (8 steps, cfg 1, still Euler) is the setting the model card recommends
-for inpainting and continuation. Every measurement function takes the sampling settings as keyword
-arguments for generate() (none: the model's defaults).
+use when a call names none; "8-steps-cfg-1" (8 steps, cfg 1, still Euler) is the setting the model
+card recommends for inpainting and continuation. Every measurement function takes the sampling
+settings as keyword arguments for generate() (none: the model's defaults).
 """
 
 from __future__ import annotations

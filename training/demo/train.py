@@ -342,8 +342,8 @@ def progress_scores(work: Path, out: Path, log: dict) -> dict:
 
     export(work, out, log)
     model = StableAudioModel.from_pretrained(out, device="cpu")
-    pitch = evaluate.pitch_scores(model)
-    levels = evaluate.level_scores(model)
+    pitch = evaluate.pitch_scores(model, **evaluate.EIGHT_STEPS_CFG_1)
+    levels = evaluate.level_scores(model, **evaluate.EIGHT_STEPS_CFG_1)
     return {"pitch_hit_rate": round(pitch["hit_rate"], 3), "level_difference_db": round(levels["difference_db"], 1)}
 
 
