@@ -18,7 +18,6 @@ from .loading import (
     DEMO_MODEL,
     DIFFUSION_MODELS,
     DIT_PREFIX,
-    ModelFiles,
     ModelLoadError,
     SafetensorsFile,
     attach_text_encoder,
@@ -196,23 +195,21 @@ class AutoencoderModel:
 CHECKPOINT_PARTS = {"dit": DIT_PREFIX, "autoencoder": AE_PREFIX, "conditioner": CONDITIONER_PREFIX}
 
 
-def _attach_text_encoder(conditioner, files: ModelFiles, text_encoder, device: torch.device,
-                         token: str | None, offload: bool) -> None:
-    """Load the T5Gemma; which folder holds it is `loading.text_encoder`'s rule. Failures are ModelLoadError."""
-    attach_text_encoder(conditioner, files, text_encoder, device, token=token, offload=offload)
-
-
 class StableAudioModel:
     """A Stable Audio 3 model: text (+ audio) in, 44.1 kHz stereo out."""
 
-    def __init__(self, components, files, lora_set):
+    def __init__(self, components, files):
         self.components = components
         self.model_config = components.config
         self.config_path = files.config_path
         self.device = components.device
-        self.loras = lora_set
         self.last_seeds: list[int] = []
         self.quantize: str | None = None  # "int8" when loaded with that fast path
+
+    @property
+    def loras(self):
+        """The LoRAs loaded on this model (`load_lora`, `set_lora_strength`, `unload_lora`)."""
+        return self.components.loras
 
     @property
     def dit(self):
@@ -294,13 +291,11 @@ class StableAudioModel:
             load_part(module, ckpt, keys[part], f"{label} of {source}", device, part_dtype)
         ae.set_attention_backend(backend)
         dit.set_attention_backend(backend)
-        _attach_text_encoder(conditioner, files, text_encoder, device, token, bool(offload_text_encoder))
+        attach_text_encoder(conditioner, files, text_encoder, device, token=token, offload=bool(offload_text_encoder))
         if quantize is not None:
             quantize_model(dit, ae, conditioner.prompt_conditioners()["prompt"].text_encoder.model)
-        components = Components(conditioner, dit, ae, cfg, device, attention_padding)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
-        components.loras = loras
-        model = cls(components, files, loras)
+        model = cls(Components(conditioner, dit, ae, cfg, device, attention_padding, loras), files)
         model.quantize = quantize
         return model
 

@@ -22,13 +22,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .request import DEFAULT_DURATION_PADDING_SEC as _PADDING
-from .request import REFERENCE_SAMPLE_SIZE, inpaint_regions, is_number
-
-__all__ = ["inpaint_regions", "is_number"]  # used here; defined (and checked) in `request`
+from .request import DEFAULT_DURATION_PADDING_SEC, REFERENCE_SAMPLE_SIZE, inpaint_regions, is_number
 
 DEFAULT_SAMPLE_SIZE = REFERENCE_SAMPLE_SIZE  # the reference generate()'s cap (120 s) when a config has none
-DEFAULT_DURATION_PADDING_SEC = _PADDING
 
 Seconds = float | Sequence[float]
 

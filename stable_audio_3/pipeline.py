@@ -9,12 +9,10 @@ dither, then the decoder's mask noise). A seeded call therefore reproduces the r
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,9 +27,6 @@ from .request import GenerationRequest
 from .sampling import STEPS, noised_init
 
 log = logging.getLogger(__name__)
-
-AudioInput = tuple[int, "torch.Tensor | np.ndarray"] | tuple["torch.Tensor | np.ndarray", int] | str | os.PathLike
-
 
 class GenerationCancelled(RuntimeError):
     """The progress callback returned False."""
@@ -59,10 +54,6 @@ class Components:
         return self.config["model"]["io_channels"]
 
     @property
-    def diffusion_objective(self) -> str:
-        return self.config["model"]["diffusion"].get("diffusion_objective", "v")
-
-    @property
     def chunked_default(self) -> bool:
         return bool(self.config["model"]["pretransform"].get("chunked", False))
 
@@ -70,10 +61,6 @@ class Components:
     def dtype(self) -> torch.dtype:
         return next(self.dit.parameters()).dtype
 
-    @property
-    def max_samples(self) -> int:
-        """The longest output the model was trained for (its config's sample_size)."""
-        return int(self.config.get("sample_size", masks.DEFAULT_SAMPLE_SIZE))
 
 
 PASTE_BACK_FADE_SECONDS = 0.02
@@ -100,7 +87,6 @@ def paste_back(audio: torch.Tensor, given: torch.Tensor, audio_mask: torch.Tenso
     out = audio.clone()
     out[..., :n] = weight * given[..., :n].to(audio) + (1 - weight) * audio[..., :n]
     return out
-
 
 
 @dataclass

@@ -130,8 +130,8 @@ def make_plan(c, request: GenerationRequest) -> Plan:
     content = masks.content_latents(r.duration, sample_rate=sr, downsampling_ratio=ratio)
     schedule = build_schedule(r.steps, content, sigma_max, shift)  # on the host: the plan reads it
     tables = step_tables(r.sampler_type, schedule, c.dtype)
-    guided = [tuple(cfg_applies(r.cfg_scale, t, r.cfg_interval) for t in ts)
-              for ts in call_times(r.sampler_type, tables)]
+    times = call_times(r.sampler_type, tables)
+    guided = [tuple(cfg_applies(r.cfg_scale, t, r.cfg_interval) for t in ts) for ts in times]
     plan = Plan(r, num_samples, length, lengths.tolist(), masks.padding_mask(lengths, length).to(device),
                 audio_mask, init, inpaint, seeds, rng, noise, sigma_max, schedule.to(device),
                 {k: v.to(device) for k, v in tables.items()}, guided)
@@ -139,9 +139,8 @@ def make_plan(c, request: GenerationRequest) -> Plan:
     if r.lora_configs and not (loras and len(loras)):
         raise OptionError("lora_configs", r.lora_configs, "", "lora_configs was given but no LoRA is loaded")
     if loras is not None and len(loras):
-        sigmas = [ts[0] for ts in call_times(r.sampler_type, tables)]
         try:
-            plan.lora_steps, plan.lora_states = loras.step_states(r.lora_configs, sigmas)
+            plan.lora_steps, plan.lora_states = loras.step_states(r.lora_configs, [ts[0] for ts in times])
         except ValueError as e:
             raise OptionError("lora_configs", r.lora_configs, "", str(e)) from None
     return plan

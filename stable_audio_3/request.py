@@ -283,6 +283,14 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Ge
 PER_ITEM = tuple(name for name, f in FIELDS.items() if f.metadata["per_item"])
 
 
+def default_sampler(diffusion_objective: str) -> str:
+    """ping-pong for the post-trained (`rf_denoiser`) models, Euler for the base (`rectified_flow`) ones."""
+    if diffusion_objective not in DEFAULT_SAMPLER:
+        raise ValueError(f"diffusion_objective={diffusion_objective!r} is not supported; allowed: "
+                         f"{', '.join(map(repr, DEFAULT_SAMPLER))}")
+    return DEFAULT_SAMPLER[diffusion_objective]
+
+
 @dataclass(frozen=True)
 class ModelDefaults:
     """What a request's defaults and limits depend on, read from a model config alone."""
@@ -314,7 +322,7 @@ class ModelDefaults:
         cfg = float(cfg) if is_number(cfg) and 0 <= cfg <= MAX_CFG_SCALE else (7.0 if is_base else 1.0)
         sampler = config.get("default_sampler")
         if sampler not in SAMPLERS:
-            sampler = DEFAULT_SAMPLER.get(objective, "pingpong")
+            sampler = default_sampler(objective)
         max_duration = max_samples / sample_rate
         duration = config.get("default_duration")
         duration = min(float(duration), max_duration) if is_number(duration) and duration > 0 else \

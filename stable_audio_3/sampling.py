@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from .request import DEFAULT_SAMPLER, RANDOM_SEED_RANGE, SAMPLERS, SEED_MAX, SEED_MIN
+from .request import RANDOM_SEED_RANGE, SAMPLERS, SEED_MAX, SEED_MIN
+from .request import default_sampler as default_sampler  # re-exported: part of the sampling vocabulary
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """`denoise(x (B, C, T), t (B,)) -> v (B, C, T)`: the model's (guided) velocity."""
@@ -216,16 +217,6 @@ def build_schedule(
     t = t.reshape(-1, steps + 1).expand(lengths.shape[0], -1).clone()
     t[:, 0] = sigma_max
     return t
-
-
-def default_sampler(diffusion_objective: str) -> str:
-    """ping-pong for the post-trained (`rf_denoiser`) models, Euler for the base (`rectified_flow`) ones."""
-    if diffusion_objective not in DEFAULT_SAMPLER:
-        raise ValueError(
-            f"diffusion_objective={diffusion_objective!r} is not supported; allowed: "
-            f"{', '.join(map(repr, DEFAULT_SAMPLER))}"
-        )
-    return DEFAULT_SAMPLER[diffusion_objective]
 
 
 # -- samplers ------------------------------------------------------------------------------------

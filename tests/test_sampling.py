@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from golden import FIXTURES, assert_close, case_names, fixture_dir, load_case
 
 from stable_audio_3 import masks
-from stable_audio_3.request import GenerationRequest
+from stable_audio_3.request import GenerationRequest, inpaint_regions
 from stable_audio_3.sampling import (
     SAMPLERS,
     FullShift,
@@ -413,18 +413,18 @@ def test_bad_duration(duration) -> None:
 
 def test_bad_inpaint_regions() -> None:
     with pytest.raises(ValueError, match=r"inpaint_mask_end_seconds=1\.0 is not after inpaint_mask_start_seconds=2\.0"):
-        masks.inpaint_regions(2.0, 1.0)
+        inpaint_regions(2.0, 1.0)
     with pytest.raises(ValueError, match=r"inpaint_mask_end_seconds=0\.5 is not after .*=1\.0; each region"):
-        masks.inpaint_regions([0.0, 1.0], [0.5, 0.5])
+        inpaint_regions([0.0, 1.0], [0.5, 0.5])
     with pytest.raises(ValueError, match="must both be numbers or both be lists, got list and float"):
-        masks.inpaint_regions([1.0], 2.0)
+        inpaint_regions([1.0], 2.0)
     with pytest.raises(ValueError, match="has 2 values but inpaint_mask_end_seconds has 1"):
-        masks.inpaint_regions([1.0, 2.0], [3.0])
+        inpaint_regions([1.0, 2.0], [3.0])
     with pytest.raises(ValueError, match="inpaint_mask_start_seconds was given without inpaint_mask_end_seconds"):
-        masks.inpaint_regions(1.0, None)
+        inpaint_regions(1.0, None)
     with pytest.raises(ValueError, match=r"inpaint_mask_start_seconds=-1\.0 is invalid"):
-        masks.inpaint_regions(-1.0, 1.0)
-    assert masks.inpaint_regions(None, None) is None
+        inpaint_regions(-1.0, 1.0)
+    assert inpaint_regions(None, None) is None
 
 
 def test_bad_sampler_and_other_arguments() -> None:

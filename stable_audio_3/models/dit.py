@@ -218,31 +218,31 @@ class Padding:
     def from_lengths(cls, lengths: list[int], length: int, num_memory: int, exclude: bool,
                      device: torch.device | str) -> Padding:
         """Items whose first lengths[b] latents are valid, after `num_memory` always-valid tokens;
-        `length` counts all tokens (memory included)."""
+        `length` counts all tokens (memory included). Reads nothing from the device."""
         total = [num_memory + n for n in lengths]
         if all(n == length for n in total):
             return cls(length)
         valid = torch.arange(length, device=device)[None, :] < torch.tensor(total, device=device)[:, None]
-        if not exclude:
-            return cls(length, value_mask=valid[:, None, :, None])
-        active = max(total)
-        if all(n == active for n in total):
-            return cls(length, active)
-        active_valid = valid[:, :active]
-        return cls(length, active, active_valid[..., None], active_valid[:, None, None, :])
+        return cls._from_valid(valid, exclude, length, max(total), all(n == total[0] for n in total))
 
     @classmethod
     def from_mask(cls, valid: torch.Tensor | None, exclude: bool, length: int) -> Padding:
         """From any (B, N) validity mask; reads it on the host (a sync), so not for the sampling loop."""
         if valid is None:
             return cls(length)
+        positions = torch.arange(1, length + 1, device=valid.device)
+        active = int((valid * positions).amax()) if exclude else length  # one past the last valid token
+        return cls._from_valid(valid, exclude, length, active, exclude and bool(valid[:, :active].all()))
+
+    @classmethod
+    def _from_valid(cls, valid: torch.Tensor, exclude: bool, length: int, active: int, all_valid: bool) -> Padding:
+        """"exclude" computes the first `active` tokens, with a key mask unless they are all valid;
+        "zero-values" computes every token and zeroes the padded values."""
         if not exclude:
             return cls(length, value_mask=valid[:, None, :, None])
-        positions = torch.arange(1, length + 1, device=valid.device)
-        active = int((valid * positions).amax())  # one past the last valid token of any item
-        active_valid = valid[:, :active]
-        if bool(active_valid.all()):
+        if all_valid:
             return cls(length, active)
+        active_valid = valid[:, :active]
         return cls(length, active, active_valid[..., None], active_valid[:, None, None, :])
 
     def add_update(self, x: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
