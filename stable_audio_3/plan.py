@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import masks
-from .audio import read_audio
+from .audio import as_channels_first, check_sample_rate, read_audio
 from .guidance import cfg_applies
 from .models.noise import NoiseSource
 from .request import GenerationRequest, OptionError, inpaint_regions, is_number
@@ -40,8 +40,7 @@ class Plan:
     rng: NoiseSource
     noise: torch.Tensor  # the starting noise (B, C, T), model dtype
     sigma_max: float
-    schedule: torch.Tensor  # (B, steps + 1) float32 on the device
-    tables: dict[str, torch.Tensor]  # per-step sampler tensors (steps, B)
+    tables: dict[str, torch.Tensor]  # per-step sampler tensors (steps, B), from the (B, steps + 1) schedule
     guided: list[tuple[bool, ...]]  # per step, per model call: guided (2B batch) or plain
     lora_steps: list[int] = field(default_factory=list)  # per step: index into lora_states
     lora_states: list[tuple[bool, ...]] = field(default_factory=list)
@@ -58,8 +57,6 @@ class Plan:
 def load_audio_input(value, name: str) -> tuple[torch.Tensor, int]:
     """(sample_rate, audio) as the reference takes it, (audio, sample_rate) as torchaudio returns it
     (told apart by type), or a path to an audio file. Audio: tensor (C, T) / (T,), numpy (T,) / (T, C)."""
-    from .audio import as_channels_first, check_sample_rate
-
     if not isinstance(value, (tuple, list)):
         return read_audio(value)
     first, second = value
@@ -133,7 +130,7 @@ def make_plan(c, request: GenerationRequest) -> Plan:
     times = call_times(r.sampler_type, tables)
     guided = [tuple(cfg_applies(r.cfg_scale, t, r.cfg_interval) for t in ts) for ts in times]
     plan = Plan(r, num_samples, length, lengths.tolist(), masks.padding_mask(lengths, length).to(device),
-                audio_mask, init, inpaint, seeds, rng, noise, sigma_max, schedule.to(device),
+                audio_mask, init, inpaint, seeds, rng, noise, sigma_max,
                 {k: v.to(device) for k, v in tables.items()}, guided)
     loras = getattr(c, "loras", None)
     if r.lora_configs and not (loras and len(loras)):

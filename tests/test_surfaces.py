@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 
 import pytest
 import torch
@@ -18,6 +17,11 @@ from stable_audio_3.request import FIELDS, LOAD_FIELDS, PYTHON_ONLY
 EXPOSED = [name for name in FIELDS if name not in PYTHON_ONLY]
 
 
+def default_of(name: str):
+    f = FIELDS[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def meta_bounds(name: str) -> tuple:
     m = FIELDS[name].metadata
     return m["low"], m["high"]
@@ -27,8 +31,7 @@ def test_every_field_is_a_cli_flag_with_the_type_default_and_bounds() -> None:
     flags = {k: v for k, v in cli.generation_flags(cli.build_generate_parser()).items() if k not in LOAD_FIELDS}
     assert sorted(flags) == sorted(EXPOSED)
     for name in EXPOSED:
-        action, f = flags[name], FIELDS[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        action, f, default = flags[name], FIELDS[name], default_of(name)
         if name == "cfg_interval":
             assert tuple(action.default) == default
         else:
@@ -67,8 +70,7 @@ def test_every_field_is_in_the_server_schema_with_the_type_default_and_bounds() 
             assert name in form, name
             continue
         assert name in props, name
-        p = props[name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        p, default = props[name], default_of(name)
         assert p.get("default") == (list(default) if isinstance(default, tuple) else default), name
         if f.metadata["kind"] == "number":
             low, high = meta_bounds(name)
@@ -102,8 +104,7 @@ def test_every_field_is_a_page_control_with_the_type_default_and_bounds() -> Non
         f, spec = FIELDS[name], specs[name]
         if f.metadata["from_model"] or name in ("batch_size", "init_noise_level"):
             continue  # the loaded model's value / what resolve() gives for None (tests/test_ui.py checks them)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert spec["default"] == default, name
+        assert spec["default"] == default_of(name), name
         if f.metadata["kind"] == "number":
             low, high = meta_bounds(name)
             assert low is None or spec["minimum"] == low, name
@@ -148,7 +149,7 @@ def test_api_cli_page_and_server_return_identical_audio(which: str, kind: str, r
     assert cli.main(argv) == 0
     surfaces = {"api": api, "cli": recorded[-1]}
 
-    if "gradio" in sys.modules or _importable("gradio"):
+    if _importable("gradio"):
         from stable_audio_3.ui.app import ModelHolder, generate
 
         holder = ModelHolder()
