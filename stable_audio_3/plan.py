@@ -65,8 +65,8 @@ def load_audio_input(value, name: str) -> tuple[torch.Tensor, int]:
 
 
 def inpaint_layout(request: GenerationRequest, inpaint: tuple[torch.Tensor, int] | None):
-    """The regions to regenerate (seconds), clipped to the output; continuation's is from the end of
-    the given audio to the duration. A region entirely past the output is refused."""
+    """The regions to regenerate (seconds), clipped to the output (`resolve` refused any that starts
+    after it); continuation's runs from the end of the given audio to the duration."""
     end = max(request.duration)
     if request.continuation:
         start = inpaint[0].shape[-1] / inpaint[1]
@@ -77,10 +77,6 @@ def inpaint_layout(request: GenerationRequest, inpaint: tuple[torch.Tensor, int]
     regions = inpaint_regions(request.inpaint_mask_start_seconds, request.inpaint_mask_end_seconds)
     if regions is None:
         return None, None
-    for s, _ in regions:
-        if s >= end:
-            raise OptionError("inpaint_mask_start_seconds", s, "", f"inpaint region starting at {s:g} s lies "
-                              f"entirely after the output ({end:g} s); regions must start before the duration")
     clipped = [(s, min(e, end)) for s, e in regions]
     return [s for s, _ in clipped], [e for _, e in clipped]
 

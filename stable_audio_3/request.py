@@ -257,6 +257,11 @@ class GenerationRequest:
                        f"sample_size={sample_size} allows")
                 raise OptionError("duration", d, "", f"duration={d:g} is too long; {cap} at most "
                                   f"{max_duration:.2f} seconds")
+        for start, _ in inpaint_regions(self.inpaint_mask_start_seconds, self.inpaint_mask_end_seconds) or []:
+            if start >= max(durations):
+                raise OptionError("inpaint_mask_start_seconds", start, "", f"inpaint region starting at {start:g} s "
+                                  f"lies entirely after the output ({max(durations):g} s); regions must start "
+                                  "before the duration")
         seeds = [int(s) for s in _per_item(self.seed, n)] if isinstance(self.seed, (list, tuple)) else int(self.seed)
         negatives = None if self.negative_prompt is None else list(_per_item(self.negative_prompt, n))
         return dataclasses.replace(

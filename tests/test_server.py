@@ -460,7 +460,7 @@ def test_default_duration_is_the_models(tmp_path: Path) -> None:
     with server(tmp_path, run_workers=False) as client:
         (info,) = client.get("/v1/models").json()
         assert info["default_duration"] == pytest.approx(m.default_duration, abs=1e-3)
-        assert info["max_sample_size"] == m.components.max_samples and info["loras"] == []
+        assert info["max_sample_size"] == m.defaults.max_samples and info["loras"] == []
         job = client.get(f"/v1/jobs/{submit(client, prompt='x')}").json()
         assert job["durations"] == [m.default_duration]
         # a config's own default_duration (as the demo model has) is what a request without duration gets
@@ -749,6 +749,13 @@ def test_bad_requests_get_4xx_json_naming_the_field_and_the_server_lives_on(tmp_
                 {"inpaint_audio": ("a.wav", wav_bytes(0.5), "audio/wav")},
                 422,
                 "inpaint_audio",
+            ),
+            (  # a region that starts after the output: refused up front, as on every surface
+                {"request": json.dumps({"prompt": "x", "duration": 1.0, "inpaint_mask_start_seconds": 1.5,
+                                        "inpaint_mask_end_seconds": 2.0})},
+                {"inpaint_audio": ("a.wav", wav_bytes(1.0), "audio/wav")},
+                422,
+                "inpaint_mask_start_seconds",
             ),
             (  # continuing audio that is already longer than the duration
                 {"request": json.dumps({"prompt": "x", "duration": 0.5, "continuation": True})},

@@ -32,9 +32,9 @@ from .schema import (
     JobInfo,
     ModelInfo,
     RequestError,
-    field_name,
     generate_body,
     generate_schema,
+    validation_refusal,
 )
 from .settings import ServerConfig
 from .state import ServerState
@@ -53,12 +53,10 @@ class Deleted(BaseModel):
 
 
 def job_info(job: Job, store: JobStore) -> dict:
-    if job.total_steps:
-        progress = job.step / job.total_steps
-    else:
-        progress = 1.0 if job.status == COMPLETED else 0.0
     if job.status == COMPLETED:
         progress = 1.0
+    else:
+        progress = job.step / job.total_steps if job.total_steps else 0.0
     return {
         "id": job.id,
         "model": job.model,
@@ -80,7 +78,7 @@ def job_info(job: Job, store: JobStore) -> dict:
         "timings": job.timings,
         "error": job.error,
         "audio_urls": [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))],
-        "request": {k: v for k, v in job.params.items()} | {"inputs": sorted(job.inputs)},
+        "request": {**job.params, "inputs": sorted(job.inputs)},
     }
 
 
@@ -126,11 +124,11 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        first = exc.errors()[0] if exc.errors() else {}
         loc = tuple(first.get("loc", ()))
-        loc = loc[1:] if loc and loc[0] in ("query", "path", "body", "header") else loc
-        field = field_name(loc)
-        return JSONResponse(RequestError(422, field, f"{field}: {first.get('msg')}").body(), status_code=422)
+        if loc and loc[0] in ("query", "path", "body", "header"):
+            first = {**first, "loc": loc[1:]}
+        return JSONResponse(validation_refusal(first).body(), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -184,9 +182,7 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             # strict JSON validation: no "5" for 5, no true for 1.0
             req = GenerateRequest.model_validate_json(json.dumps(fields), strict=True)
         except ValidationError as e:
-            first = e.errors()[0]
-            field = field_name(tuple(first["loc"]))
-            raise RequestError(422, field, f"{field}: {first['msg']}") from None
+            raise validation_refusal(e.errors()[0]) from None
         name = req.model or next(iter(state.models))
         if name not in state.models:
             raise RequestError(

@@ -19,8 +19,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..audio import write_audio
-
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -107,12 +105,6 @@ class Job:
             outputs=json.loads(row["outputs"] or "[]"),
             timings=json.loads(row["timings"] or "{}"),
         )
-
-
-def write_float_wav(path: Path, audio, sample_rate: int) -> Path:
-    """(C, T) audio -> a 32-bit float WAV holding exactly these samples, atomically: no clamping, so
-    uploads are kept as decoded (outputs are written by the worker through output.save_item)."""
-    return write_audio(path, audio, sample_rate, subtype="FLOAT", clamp=False)
 
 
 def new_job_id() -> str:

@@ -6,8 +6,9 @@ is what only the server knows: its limits (items and seconds per request), the L
 the uploads, and a dist_shift schedule sanity check.
 
 Seeds follow the type's rule: an int seed gives the job's items one shared generator (the job reports
-that seed for every item), a list gives each item its own. -1 is drawn here, when the job is queued, so
-the job reports its seeds at once and a restarted job runs with the same ones.
+that seed for every item), a list gives each item its own. -1 is drawn here (`sampling.random_seed`, as
+the Python API draws it), when the job is queued, so the job reports its seeds at once and a restarted job
+runs with the same ones.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import secrets
 from dataclasses import dataclass
 
-from ..request import PER_ITEM, RANDOM_SEED_RANGE, GenerationRequest, ModelDefaults, OptionError
+from ..request import PER_ITEM, GenerationRequest, ModelDefaults, OptionError
 from .schema import JSON_FIELDS, RequestError
 
 
@@ -42,11 +42,11 @@ def refusal(err: OptionError) -> RequestError:
     return RequestError(422, err.field, err.spelled(err.field))
 
 
-def check_dist_shift(value: dict | None, max_latents: int) -> dict | None:
-    """A `dist_shift` object as `shift_from_options` takes it, or a 422 naming `dist_shift`: a known type,
-    only that type's options, numbers (booleans where the option is one), and a finite schedule."""
+def check_dist_shift(value: dict | None, max_latents: int) -> None:
+    """Refuse with a 422 naming `dist_shift` anything but what `shift_from_options` takes: a known type, only
+    that type's options, numbers (booleans where the option is one), and a finite schedule."""
     if value is None:
-        return None
+        return
     import torch
 
     from ..sampling import SHIFT_TYPES, shift_from_options
@@ -74,14 +74,12 @@ def check_dist_shift(value: dict | None, max_latents: int) -> dict | None:
         raise RequestError(422, "dist_shift", f"dist_shift: these options give no schedule ({e})") from None
     if not bool(torch.isfinite(schedule).all()):
         raise RequestError(422, "dist_shift", "dist_shift: these options give a schedule with NaN or infinite steps")
-    return dict(value)
 
 
 def _check_server_options(req, request: GenerationRequest, model: ModelLimits) -> list[dict]:
     """What the type cannot know: regions need an uploaded file, LoRAs are the server's names, the sample
     cap lies within the model. Returns the LoRAs as stored ({name, strength})."""
-    regions = request.inpaint_mask_start_seconds is not None or request.inpaint_mask_end_seconds is not None
-    if regions and request.inpaint_audio is None:
+    if request.inpaint_mask_start_seconds is not None and request.inpaint_audio is None:  # verify: both or neither
         raise RequestError(422, "inpaint_mask_start_seconds", "inpaint_mask_start_seconds / inpaint_mask_end_seconds "
                            "need an 'inpaint_audio' file (multipart upload) holding the audio to inpaint")
     loras = []
@@ -103,11 +101,6 @@ def _check_server_options(req, request: GenerationRequest, model: ModelLimits) -
     return loras
 
 
-def _draw_seed() -> int:
-    low, high = RANDOM_SEED_RANGE
-    return low + secrets.randbelow(high - low)
-
-
 def resolve_request(req, model: ModelLimits, max_items: int, max_total_seconds: float,
                     uploads: dict[str, tuple]) -> tuple[dict, list[int]]:
     """Check a `GenerateRequest` (with its decoded uploads: role -> ((C, T) tensor, sample rate)) against the
@@ -125,28 +118,31 @@ def resolve_request(req, model: ModelLimits, max_items: int, max_total_seconds: 
         raise RequestError(422, "batch_size", f"batch_size={n} is too large; this server allows at most {max_items} "
                            "items per request")
     loras = _check_server_options(req, request, model)
-    dist_shift = check_dist_shift(request.dist_shift, -(-model.defaults.max_samples // model.latent_samples))
+    check_dist_shift(request.dist_shift, -(-model.defaults.max_samples // model.latent_samples))
     try:
         resolved = request.resolve(model.defaults)
     except OptionError as e:
         raise refusal(e) from None
-    durations = resolved.duration
-    if sum(durations) > max_total_seconds + 1e-9:
-        raise RequestError(422, "duration", f"duration x batch_size = {sum(durations):g} s is too much; this server "
+    total = sum(resolved.duration)
+    if total > max_total_seconds + 1e-9:
+        raise RequestError(422, "duration", f"duration x batch_size = {total:g} s is too much; this server "
                            f"allows at most {max_total_seconds:g} s per request")
-    if resolved.continuation:
-        audio, sr = uploads["inpaint_audio"]
-        if audio.shape[-1] / sr >= max(durations):
-            raise RequestError(422, "duration", f"continuation: duration={max(durations):g} must be longer than the "
-                               f"inpaint audio ({audio.shape[-1] / sr:.2f} s)")
+    from ..plan import inpaint_layout
+    from ..sampling import random_seed
+
+    if resolved.continuation:  # the plan's own length check, now rather than when the job runs
+        try:
+            inpaint_layout(resolved, uploads["inpaint_audio"])
+        except OptionError as e:
+            raise refusal(e) from None
     if isinstance(resolved.seed, list):
-        seed: int | list[int] = [_draw_seed() if s == -1 else s for s in resolved.seed]
+        seed: int | list[int] = [random_seed() if s == -1 else s for s in resolved.seed]
         seeds = list(seed)
     else:
-        seed = _draw_seed() if resolved.seed == -1 else resolved.seed
+        seed = random_seed() if resolved.seed == -1 else resolved.seed
         seeds = [seed] * n
     params = {name: getattr(resolved, name) for name in JSON_FIELDS}
-    params.update(seed=seed, dist_shift=dist_shift, loras=loras, cfg_interval=list(resolved.cfg_interval))
+    params.update(seed=seed, loras=loras)
     return json.loads(json.dumps(params)), seeds  # stored as JSON: tuples become lists now, not after a restart
 
 
@@ -156,7 +152,7 @@ def batch_key(model: str, params: dict, has_audio: bool) -> str | None:
     longest item). Jobs with audio inputs run alone (their inputs are shared by a whole batch), and so do
     jobs whose int seed is one generator shared by several items (a bigger batch would draw other noise)."""
     durations = params["duration"]
-    if has_audio or params["inpaint_mask_start_seconds"] is not None or params["continuation"]:
+    if has_audio:  # regions and continuation are refused without inpaint audio
         return None
     if any(d != durations[0] for d in durations):
         return None

@@ -22,8 +22,7 @@ from pydantic.fields import FieldInfo
 
 from ..request import FIELDS, PYTHON_ONLY
 
-UPLOAD_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["kind"] == "audio")
-AUDIO_ROLES = UPLOAD_FIELDS  # the multipart file fields
+UPLOAD_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["kind"] == "audio")  # multipart files
 JSON_FIELDS = tuple(name for name in FIELDS if name not in PYTHON_ONLY and name not in UPLOAD_FIELDS)
 MAX_LORAS = 8  # LoRAs one request may stack
 
@@ -221,6 +220,12 @@ def field_name(loc: tuple) -> str:
         else:
             out += ("." if out else "") + str(part)
     return out or "body"
+
+
+def validation_refusal(error: dict) -> RequestError:
+    """pydantic's (first) error as a 422 naming the field: 'steps: Input should be a valid integer'."""
+    field = field_name(tuple(error.get("loc", ())))
+    return RequestError(422, field, f"{field}: {error.get('msg', 'invalid request')}")
 
 
 class BatchInfo(BaseModel):

@@ -17,8 +17,8 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from .jobs import Job, JobStore, write_float_wav
-from .schema import AUDIO_ROLES, RequestError
+from .jobs import Job, JobStore
+from .schema import UPLOAD_FIELDS, RequestError
 from .settings import ServerConfig
 
 MAX_JSON_BYTES = 1024 * 1024
@@ -80,13 +80,13 @@ async def parse_generate(request: Request, config: ServerConfig) -> tuple[dict, 
     """JSON body, or multipart with a `request` JSON field and audio files -> (fields, decoded uploads)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        body = await read_body(request, config.max_upload_bytes * len(AUDIO_ROLES) + MAX_JSON_BYTES)
+        body = await read_body(request, config.max_upload_bytes * len(UPLOAD_FIELDS) + MAX_JSON_BYTES)
 
         async def replay() -> dict:
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, replay).form(max_files=len(AUDIO_ROLES), max_fields=4)
+            form = await Request(request.scope, replay).form(max_files=len(UPLOAD_FIELDS), max_fields=4)
         except Exception as e:
             raise RequestError(400, None, f"malformed multipart body: {getattr(e, 'detail', e)}") from None
         fields, uploads = None, {}
@@ -95,13 +95,14 @@ async def parse_generate(request: Request, config: ServerConfig) -> tuple[dict, 
                 if not isinstance(value, str) or fields is not None:
                     raise RequestError(422, "request", "'request' must be one text field holding the JSON request")
                 fields = parse_json(value.encode(), "request")
-            elif key in AUDIO_ROLES:
+            elif key in UPLOAD_FIELDS:
                 if not isinstance(value, UploadFile) or key in uploads:
                     raise RequestError(422, key, f"{key} must be one uploaded audio file")
                 data = await value.read()
                 uploads[key] = await run_in_threadpool(decode_upload, key, data, config)
             else:
-                raise RequestError(422, key, f"unknown form field {key!r}; allowed: request, " + ", ".join(AUDIO_ROLES))
+                allowed = ", ".join(("request", *UPLOAD_FIELDS))
+                raise RequestError(422, key, f"unknown form field {key!r}; allowed: {allowed}")
         if fields is None:
             raise RequestError(422, "request", "the multipart body needs a 'request' field holding the JSON request")
         return fields, uploads
@@ -123,12 +124,14 @@ def parse_json(raw: bytes, field: str) -> dict:
 
 
 def save_uploads(store: JobStore, job_id: str, uploads: dict[str, tuple]) -> dict[str, str]:
-    """Decoded uploads -> float WAV files (the decoded samples exactly) under names we choose, in the job's
-    own folder; returns role -> file name."""
+    """Decoded uploads -> 32-bit float WAV files (the decoded samples exactly: unclamped, no gain) under names
+    we choose, in the job's own folder; returns role -> file name."""
+    from ..output import save_item
+
     inputs = {}
     for role, (audio, sr) in uploads.items():
         name = f"input_{role}.wav"
-        write_float_wav(store.file_path(job_id, name), audio, sr)
+        save_item(store.file_path(job_id, name), audio, sr, {}, bit_depth=32, clamp=False)
         inputs[role] = name
     return inputs
 
