@@ -83,17 +83,17 @@ def describe(err: OptionError) -> str:
 
 
 class Number:
-    """A number checked against a field's bounds, as the request checks it; the bounds stay readable
-    (`low`, `high`, `low_open`, `integer`) so tests can compare them with the field's metadata."""
+    """A number checked against a field's bounds by `check_number`, as the request checks it; the bounds
+    stay readable (`low`, `high`, `low_open`, `integer`) so tests can compare them with the metadata."""
 
-    def __init__(self, name: str, low: float | None = None, high: float | None = None, low_open: bool = False,
+    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
                  integer: bool = False):
-        self.name, self.low, self.high, self.low_open, self.integer = name, low, high, low_open, integer
+        self.low, self.high, self.low_open, self.integer = low, high, low_open, integer
         self.__name__ = "integer" if integer else "number"
 
     @classmethod
-    def of(cls, name: str, meta: Any) -> Number:
-        return cls(name, meta["low"], meta["high"], meta["low_open"], meta["integer"])
+    def of(cls, meta: Any) -> Number:
+        return cls(meta["low"], meta["high"], meta["low_open"], meta["integer"])
 
     def __call__(self, text: str) -> int | float:
         try:
@@ -102,8 +102,8 @@ class Number:
             kind = "an integer" if self.integer else "a number"
             raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
         try:
-            check_number(value, self.name, self.low, self.high, integer=self.integer, low_open=self.low_open)
-        except OptionError as e:
+            check_number(value, "", self.low, self.high, integer=self.integer, low_open=self.low_open)
+        except OptionError as e:  # argparse names the flag; the message says what is allowed
             raise argparse.ArgumentTypeError(f"{text} is invalid; {e.allowed}") from None
         return value
 
@@ -119,7 +119,7 @@ def json_text(text: str) -> Any:
 json_text.__name__ = "JSON"
 
 
-class Items(argparse._ExtendAction):
+class Items(argparse.Action):
     """One value, or one per batch item, gathered over repeats (`-p a -p b` == `-p a b`); a default
     that is one value (seed -1) is replaced, not extended."""
 
@@ -133,8 +133,9 @@ class Items(argparse._ExtendAction):
 
 
 @cache
-def _defaults_help() -> tuple[str, str]:
-    """What the from_model fields fall back to, read from the configs, so `-h` cannot drift from them."""
+def _model_defaults_help() -> dict[str, str]:
+    """The `(default: ...)` part of each from_model field's help: what it falls back to, read from the
+    configs so that `-h` cannot drift from them. Built with the parser (reads one small packaged JSON)."""
     from importlib import resources
 
     from .request import ModelDefaults
@@ -143,26 +144,24 @@ def _defaults_help() -> tuple[str, str]:
         return ModelDefaults.from_config({"model": {"diffusion": {"diffusion_objective": objective}}})
 
     post, base = of("rf_denoiser"), of("rectified_flow")
-    try:
+    try:  # the demo folder's config (loading.configs.demo_folder(), not imported here: it imports torch)
         demo_config = resources.files("stable_audio_3").joinpath("assets", DEFAULT_MODEL, "model_config.json")
         demo = ModelDefaults.from_config(json.loads(demo_config.read_text()))
         demo_part = f"demo: {demo.steps} steps, cfg {demo.cfg_scale:g}, {demo.sampler}; "
         demo_duration = f"demo: {demo.duration:g} s; "
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):  # an install without the demo's files
         demo_part = demo_duration = ""
     recommended = (f"default: the model's recommendation ({demo_part}post-trained: {post.steps}, {post.cfg_scale:g}, "
                    f"{post.sampler}; -base: {base.steps}, {base.cfg_scale:g}, {base.sampler})")
     duration = f"default: the model's ({demo_duration}others: {post.duration:g} s, or their maximum if shorter)"
-    return recommended, duration
+    return {"steps": recommended, "cfg_scale": recommended, "sampler_type": recommended, "duration": duration}
 
 
 def field_help(name: str, meta: Any, default: Any) -> str:
     """The field's help line in flag spelling, with the default the command line really uses."""
     text = CLI_HELP.get(name, meta["help"]).replace("%", "%%").replace("(None: ", "(default: ")
-    if meta["from_model"]:
-        recommended, duration = _defaults_help()
-        text = text.split(" (default")[0] + " (" + {"duration": duration, "sample_size": "default and maximum: "
-                                                    "the model's"}.get(name, recommended) + ")"
+    if name in _model_defaults_help():
+        text = f"{text.split(' (default')[0]} ({_model_defaults_help()[name]})"
     elif default is not None and "default" not in text:
         text += " (default: %(default)s)" if meta["kind"] == "bool" else f" (default: {default})"
     return respell(text)
@@ -178,7 +177,7 @@ def add_field(group: argparse._ArgumentGroup, name: str, field: Any, required: b
     elif kind == "choice":
         kw["choices"] = meta["choices"]
     elif kind in ("number", "regions", "pair"):
-        kw.update(type=Number.of(name, meta), metavar="SECONDS" if kind == "regions" or "duration" in name else None)
+        kw.update(type=Number.of(meta), metavar="SECONDS" if kind == "regions" or "duration" in name else None)
     elif kind == "json":
         kw.update(type=json_text, metavar="JSON")
     elif kind == "audio":
@@ -216,21 +215,27 @@ def build_generate_parser() -> argparse.ArgumentParser:
     d = groups["decoding and LoRA"]
     d.add_argument("--lora-ckpt-path", action="extend", nargs="+", metavar="PATH",
                    help="LoRA file(s), stacked; or the name of a LoRA shipped with the model (demo: octave-up)")
-    d.add_argument("--lora-strength", action="append", type=Number("--lora-strength"), metavar="S",
+    d.add_argument("--lora-strength", action="append", type=Number(), metavar="S",
                    help="strength for all LoRAs, or for the one named by the --lora-index that follows; repeatable")
-    d.add_argument("--lora-index", action="append", type=Number("--lora-index", 0, integer=True), metavar="I",
+    d.add_argument("--lora-index", action="append", type=Number(0, integer=True), metavar="I",
                    help="which LoRA (0-based, in --lora-ckpt-path order) the matching --lora-strength sets")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", default="output.wav", help="file; the extension picks the format: .wav .flac "
                    ".ogg .mp3 (default: output.wav); a batch writes name_0.ext, name_1.ext, ...")
-    o.add_argument("--bit-depth", type=int, choices=(16, 24, 32),
-                   help="WAV: 16, 24 or 32 (float, default); FLAC: 16 or 24 (default)")
+    depths = "; ".join(f"{suffix[1:].upper()}: {', '.join(map(str, sorted(bits)))} (default: "
+                       f"{output.DEFAULT_BIT_DEPTH[suffix]})" for suffix, bits in output.BIT_DEPTHS.items())
+    o.add_argument("--bit-depth", type=int, choices=sorted({b for bits in output.BIT_DEPTHS.values() for b in bits}),
+                   help=f"{depths}; 32-bit WAV is float")
     o.add_argument("--mp3-bitrate", type=int, choices=output.MP3_BITRATES, metavar="KBPS",
-                   help=f"constant MP3 bitrate, one of {', '.join(map(str, output.MP3_BITRATES))} (default: 320)")
-    o.add_argument("--peak-ceiling", type=Number("--peak-ceiling", -60, 0), metavar="DBFS",
-                   help="with --clamp, items whose peak is above this get one gain down to it, never clipping "
-                   "(default: -0.1 for WAV/FLAC, -1.0 for MP3/OGG); --no-clamp writes the model's samples as they "
-                   "are (32-bit WAV only)")
+                   help=f"constant MP3 bitrate, one of {', '.join(map(str, output.MP3_BITRATES))} (default: "
+                   f"{output.DEFAULT_MP3_BITRATE})")
+    formats_at: dict[float, list[str]] = {}
+    for suffix, db in output.PEAK_CEILING_DB.items():
+        formats_at.setdefault(db, []).append(suffix[1:].upper())
+    ceilings = ", ".join(f"{db} for {'/'.join(names)}" for db, names in formats_at.items())
+    o.add_argument("--peak-ceiling", type=Number(-60, 0), metavar="DBFS",
+                   help=f"with --clamp, items whose peak is above this get one gain down to it, never clipping "
+                   f"(default: {ceilings}); --no-clamp writes the model's samples as they are (32-bit WAV only)")
     return p
 
 
@@ -338,8 +343,8 @@ def _generate(args: argparse.Namespace, request: GenerationRequest, load: LoadOp
         path, gain_db = output.save_item(path, item, sr, meta, args.peak_ceiling, args.bit_depth, args.mp3_bitrate,
                                   clamp=request.clamp)
         shared = f", item {i} of a batch" if r.batch_size > 1 and not isinstance(r.seed, list) else ""
-        note = f", gain {gain_db:.2f} dB to keep the peak under the ceiling" if gain_db <= -0.005 else ""
-        note = note or (f", gain {gain_db:.4f} dB to keep the peak under the ceiling" if gain_db else "")
+        digits = 2 if gain_db <= -0.005 else 4  # a gain too small for 2 decimals still shows
+        note = f", gain {gain_db:.{digits}f} dB to keep the peak under the ceiling" if gain_db else ""
         print(f"wrote {path} ({item.shape[-1] / sr:.2f} s, seed {output.item_seed(gen.seeds, i)}{shared}{note})")
 
 

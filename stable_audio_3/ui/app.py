@@ -59,11 +59,12 @@ def page_errors() -> Iterator[None]:
         raise gr.Error(str(e)) from e
 
 
-def parse_numbers(text: str, what: str) -> list[float]:
+def parse_strengths(text: str) -> list[float]:
+    """The LoRA strengths box: numbers separated by commas or spaces; empty is 1.0."""
     try:
-        return [float(x) for x in re.split(r"[,\s]+", (text or "").strip()) if x]
+        return [float(x) for x in re.split(r"[,\s]+", (text or "").strip()) if x] or [1.0]
     except ValueError:
-        raise gr.Error(f"{what}: {text!r} is not a list of numbers (example: 1.0, 0.5)") from None
+        raise gr.Error(f"LoRA strengths: {text!r} is not a list of numbers (example: 1.0, 0.5)") from None
 
 
 def condense(text: str, limit: int = 80) -> str:
@@ -117,7 +118,9 @@ class ModelHolder:
             self.model, self.name, self.lora_files = model, name, []
         return self.model
 
-    def set_loras(self, files: list[str], strengths: list[float]) -> None:
+    def set_loras(self, files: list[str], strengths: list[float]) -> list[float]:
+        """Load `files` (unless they are loaded already) and set their strengths: one for all, or one
+        each. Returns each file's strength."""
         if len(strengths) > 1 and len(strengths) != len(files):
             raise gr.Error(f"LoRA strengths: {len(strengths)} values for {len(files)} LoRA files; give one or one each")
         if files != self.lora_files:
@@ -131,9 +134,11 @@ class ModelHolder:
                     raise gr.Error(f"LoRA files could not be loaded: {e}") from e
             self.lora_files = list(files)
         if len(strengths) == 1:
-            self.model.set_lora_strength(strengths[0])
-        for i, s in enumerate(strengths if len(strengths) > 1 else []):
+            self.model.set_lora_strength(strengths[0])  # all at once: each layer is rebuilt once
+            return strengths * len(files)
+        for i, s in enumerate(strengths):
             self.model.set_lora_strength(s, lora_index=i)
+        return list(strengths)
 
 
 # -- generation ----------------------------------------------------------------------------------
@@ -144,7 +149,7 @@ def generate(holder: ModelHolder, out_dir: Path, values: dict[str, Any], progres
     and the page's SETTINGS. Builds one GenerationRequest, runs it, writes one file per item."""
     with page_errors():
         request = GenerationRequest(**{k: v for k, v in values.items() if k in FIELDS}).verify()
-    strengths = parse_numbers(values.get("lora_strengths", ""), "LoRA strengths") or [1.0]
+    strengths = parse_strengths(values.get("lora_strengths", ""))
     suffix, mp3_bitrate = FORMATS[values.get("file_format") or "wav"]
     naming = values.get("file_naming") or "verbose"
     lora_files = [str(f) for f in values.get("lora_files") or []]
@@ -155,7 +160,7 @@ def generate(holder: ModelHolder, out_dir: Path, values: dict[str, Any], progres
 
     with holder.lock:
         model = holder.get(values.get("model") or holder.name or DEMO_MODEL)
-        holder.set_loras(lora_files, strengths)
+        levels = holder.set_loras(lora_files, strengths)
         started = time.perf_counter()
         with page_errors():
             # Files are peak-limited with one gain (output.save_item), never clipped: run unclamped.
@@ -164,7 +169,7 @@ def generate(holder: ModelHolder, out_dir: Path, values: dict[str, Any], progres
         model_name = holder.name
 
     resolved, seeds, sr = result.request, result.seeds, result.sample_rate
-    loras = [(Path(f).name, strengths[i] if len(strengths) > 1 else strengths[0]) for i, f in enumerate(lora_files)]
+    loras = [(Path(f).name, level) for f, level in zip(lora_files, levels, strict=True)]
     paths, images, notes = [], [], []
     for i in range(resolved.batch_size):
         prompt = resolved.prompt[i]

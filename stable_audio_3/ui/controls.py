@@ -23,7 +23,6 @@ from ..request import (
     A2A_DEFAULT_NOISE_LEVEL,
     FIELDS,
     PYTHON_ONLY,
-    REFERENCE_SAMPLE_SIZE,
     ModelDefaults,
     OptionError,
 )
@@ -83,8 +82,8 @@ SHIFT_PARAMS = {  # the reference UI's defaults for each sampling schedule shift
 SHIFT_DEFAULT = "model default"
 REGION_FIELDS = ("inpaint_mask_start_seconds", "inpaint_mask_end_seconds")  # one text box fills both
 WIDGET_CHOICES = {"tristate": tuple(TRISTATE.values()), "shift": (None, *SHIFT_PARAMS)}
-# Before any model is loaded (or when loading failed): the reference's post-trained defaults.
-FALLBACK_DEFAULTS = ModelDefaults(44100, REFERENCE_SAMPLE_SIZE, 8, 1.0, "pingpong", 120.0, False)
+# Before any model is loaded (or when loading failed): what a post-trained model's config gives.
+FALLBACK_DEFAULTS = ModelDefaults.from_config({"model": {"diffusion": {"diffusion_objective": "rf_denoiser"}}})
 
 
 @dataclass(frozen=True)
@@ -182,13 +181,11 @@ def parse_shift(kind: str, params: str) -> dict | None:
         return None
     options: dict = {"type": kind}
     for part in filter(None, (p.strip() for p in (params or "").split(","))):
-        key, sep, value = part.partition("=")
+        key, _, value = part.partition("=")
         try:
-            options[key.strip()] = float(value)
+            options[key.strip()] = float(value)  # no "=": float("") fails too
         except ValueError:
-            sep = ""
-        if not sep:
-            raise OptionError("dist_shift", part, "", f"{part!r} is not name=number")
+            raise OptionError("dist_shift", part, "", f"{part!r} is not name=number") from None
     return options
 
 
