@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from . import output
-from .request import FIELDS, LOAD_FIELDS, PYTHON_ONLY, GenerationRequest, LoadOptions, OptionError, check_number
+from .request import (
+    FIELDS,
+    LOAD_FIELDS,
+    PYTHON_ONLY,
+    GenerationRequest,
+    LoadOptions,
+    OptionError,
+    add_load_flags,
+    check_number,
+)
 
 log = logging.getLogger("stable_audio_3")
 
@@ -204,8 +213,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", default=DEFAULT_MODEL, help="model name (demo, small-music, small-sfx, medium, and "
                    "their -base versions) or a local model folder / .safetensors file (default: %(default)s)")
     m.add_argument("--model-config", help="config for a bare .safetensors: a model_config.json path or a model name")
-    for name, field in LOAD_FIELDS.items():
-        add_field(m, name, field)
+    add_load_flags(m)
     m.add_argument("--no-half", dest="dtype", action="store_const", const="float32", help=argparse.SUPPRESS)
     groups = {title: p.add_argument_group(title) for title in GROUPS}
     group_of = {name: groups[title] for title, names in GROUPS.items() for name in names}
@@ -315,7 +323,7 @@ def check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace
     _output_checks(p, args)
     try:
         request = request_from_args(args).verify()
-        load = LoadOptions(**{name: getattr(args, name) for name in LOAD_FIELDS}).verify()
+        load = LoadOptions.from_namespace(args)
     except OptionError as e:
         p.error(describe(e))
     return request, load, loras

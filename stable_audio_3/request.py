@@ -358,6 +358,11 @@ class LoadOptions:
                               f"got device={self.device!r}")
         return self
 
+    @classmethod
+    def from_namespace(cls, namespace) -> LoadOptions:
+        """The verified options of parsed command-line flags (see `add_load_flags`)."""
+        return cls(**{name: getattr(namespace, name) for name in LOAD_FIELDS}).verify()
+
     def kwargs(self) -> dict:
         """Keyword arguments of `StableAudioModel.from_pretrained`."""
         device = self.device or ("cpu" if self.quantize else None)
@@ -365,6 +370,16 @@ class LoadOptions:
 
 
 LOAD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(LoadOptions)}
+
+
+def add_load_flags(parser) -> None:
+    """--device, --dtype, --attention-padding, --quantize on an argparse parser or group, one per
+    `LoadOptions` field with its default and choices, so every command spells them alike."""
+    for name, f in LOAD_FIELDS.items():
+        meta = f.metadata
+        default = "" if f.default is None else f" (default: {f.default})"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=f.default, choices=meta["choices"],
+                            help=meta["help"] + default)
 
 
 # -- shared checks --------------------------------------------------------------------------------

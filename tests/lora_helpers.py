@@ -177,5 +177,3 @@ def module_output(m: nn.Module, weight: torch.Tensor) -> tuple[torch.Tensor, tor
             return m(x), F.conv1d(x, weight.float(), m.bias, padding=m.padding)
         x = torch.randn(4, m.in_features, generator=gen)
         return m(x), F.linear(x, weight.float(), m.bias)
-
-

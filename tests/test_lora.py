@@ -318,8 +318,9 @@ def test_step_states_on_a_four_step_schedule(tmp_path):
     steps, states = loras.step_states([{"lora_index": 0, "interval": (0.5, 1.0)}], [1.0, 0.75, 0.5, 0.25])
     assert steps == [0, 0, 0, 1]
     assert states == [(True, True, True), (True, False, True)]  # LoRA 0's QKV0 off; its SECONDS and LoRA 1 on
-    steps, states = loras.step_states([{"lora_index": 1, "interval": (0.0, 0.6), "layer_filter": "layers.0"}],
-                                      [1.0, 0.75, 0.5, 0.25])
+    steps, states = loras.step_states(
+        [{"lora_index": 1, "interval": (0.0, 0.6), "layer_filter": "layers.0"}], [1.0, 0.75, 0.5, 0.25]
+    )
     assert steps == [0, 0, 1, 1] and states == [(True, True, False), (True, True, True)]
 
 
@@ -334,5 +335,3 @@ def test_training_computes_the_weight_on_the_fly_so_gradients_flow(tmp_path):
     assert live is not materialized and live.grad_fn is not None and torch.equal(live, materialized)
     module(torch.randn(2, 16)).sum().backward()
     assert module._parameters["weight"].grad is not None
-
-

@@ -308,4 +308,3 @@ def test_golden_lora_files_fit_the_official_layout(fixture, caplog):
     seconds = module_at(dit, cond, SECONDS).weight.double()  # only LoRA 0 reaches the conditioner
     expected = spec_formula("lora", weights[_official_weight_key(SECONDS)], files[0].modules[SECONDS], 4, 8.0, 1.0)
     torch.testing.assert_close(seconds, expected, rtol=1e-5, atol=1e-5)
-

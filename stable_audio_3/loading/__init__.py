@@ -7,7 +7,7 @@ silently; a half-loaded model makes noise, not an error message.) Every problem 
 the way (offline, no token, licence not accepted, unknown name, truncated file) ends in one
 `ModelLoadError` whose message says what to do.
 
-One job per module; this package re-exports their public names:
+One job per module; this package re-exports the names the rest of the project uses:
 - `configs`: model names, Hub repos, folder layout, packaged configs, the demo, shipped LoRAs;
 - `device`: which device and compute dtype;
 - `hub`: Hub downloads and the failure message;
@@ -20,7 +20,6 @@ needs nothing from here; the imports go one way, loading -> models.
 from ..models.checkpoint import (
     ModelLoadError,
     SafetensorsFile,
-    TensorInfo,
     check_state,
     load_part,
     load_strict,
@@ -29,77 +28,50 @@ from ..models.checkpoint import (
     split_checkpoint_keys,
 )
 from ..models.conditioning import OffloadedTextEncoder
-from ..models.t5gemma import load_t5gemma_encoder, t5gemma_encoder_keys
+from ..models.t5gemma import t5gemma_encoder_keys
 from .configs import (
     AE_PREFIX,
-    AUTOENCODER_HOSTS,
     AUTOENCODER_MODELS,
-    CHECKPOINT_FILE,
     CONDITIONER_PREFIX,
-    CONFIG_FILE,
     DEMO_MODEL,
     DIFFUSION_MODELS,
     DIT_PREFIX,
-    GATED_MODELS,
     HUB_REPOS,
-    LORA_SUBFOLDER,
-    TEXT_ENCODER_FILES,
-    TEXT_ENCODER_SUBFOLDER,
     ModelFiles,
     autoencoder_section,
     bundled_loras,
     demo_folder,
     local_model_folder,
     packaged_config,
-    packaged_config_path,
-    read_config,
 )
-from .device import DTYPES, resolve_device, resolve_dtype
+from .device import resolve_device, resolve_dtype
 from .hub import hub_failure_message
 from .resolve import resolve_model_files
-from .text_encoder import (
-    attach_text_encoder,
-    download_text_encoder,
-    resolve_text_encoder_dir,
-    text_encoder_downloader,
-)
+from .text_encoder import attach_text_encoder, resolve_text_encoder_dir
 
 __all__ = [
     "AE_PREFIX",
-    "AUTOENCODER_HOSTS",
     "AUTOENCODER_MODELS",
-    "CHECKPOINT_FILE",
     "CONDITIONER_PREFIX",
-    "CONFIG_FILE",
     "DEMO_MODEL",
     "DIFFUSION_MODELS",
     "DIT_PREFIX",
-    "DTYPES",
-    "GATED_MODELS",
     "HUB_REPOS",
-    "LORA_SUBFOLDER",
-    "TEXT_ENCODER_FILES",
-    "TEXT_ENCODER_SUBFOLDER",
     "ModelFiles",
     "ModelLoadError",
     "OffloadedTextEncoder",
     "SafetensorsFile",
-    "TensorInfo",
     "attach_text_encoder",
     "autoencoder_section",
     "bundled_loras",
     "check_state",
     "demo_folder",
-    "download_text_encoder",
     "hub_failure_message",
     "load_part",
     "load_strict",
-    "load_t5gemma_encoder",
     "local_model_folder",
     "module_shapes",
     "packaged_config",
-    "packaged_config_path",
-    "read_config",
     "read_safetensors",
     "resolve_device",
     "resolve_dtype",
@@ -107,5 +79,4 @@ __all__ = [
     "resolve_text_encoder_dir",
     "split_checkpoint_keys",
     "t5gemma_encoder_keys",
-    "text_encoder_downloader",
 ]

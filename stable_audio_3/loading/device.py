@@ -53,4 +53,3 @@ def resolve_dtype(
         f"dtype={dtype!r} is not supported; allowed: None (fp16 on CUDA, fp32 elsewhere), "
         "torch.float32, torch.bfloat16, torch.float16 (or 'float32', 'bfloat16', 'float16')"
     )
-

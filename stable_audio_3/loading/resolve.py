@@ -104,4 +104,3 @@ def _local_folder(folder: Path, config: str | os.PathLike | None, allowed: tuple
                 f"{CONFIG_FILE} and {CHECKPOINT_FILE} (and a {TEXT_ENCODER_SUBFOLDER}/ text encoder folder)"
             )
     return ModelFiles(config_path, ckpt, cfg if cfg is not None else read_config(config_path))
-

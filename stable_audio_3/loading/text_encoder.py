@@ -39,11 +39,6 @@ def _prompt_configs(config: dict) -> list[dict]:
     return [e.get("config", {}) for e in entries if e.get("type") == "t5gemma"]
 
 
-def text_encoder_subfolder(config: dict) -> str:
-    prompts = _prompt_configs(config)
-    return (prompts[0].get("subfolder") if prompts else None) or TEXT_ENCODER_SUBFOLDER
-
-
 def download_text_encoder(repo: str, subfolder: str | None, revision: str | None, token: str | None) -> Path:
     """The T5Gemma files of `repo`/`subfolder` (cache or download); returns their folder."""
     prefix = f"{subfolder}/" if subfolder else ""
@@ -53,11 +48,11 @@ def download_text_encoder(repo: str, subfolder: str | None, revision: str | None
 
 def fetch_hub_text_encoder(name: str, files: ModelFiles, revision: str | None, token: str | None) -> Path | None:
     """Step 2: the model repo's own text-encoder folder; None when the repo has none (step 4 then applies)."""
-    not_in_repo, not_in_cache = hub_missing_errors()
     prompts = _prompt_configs(files.config)
     if not prompts:
         return None
-    subfolder = text_encoder_subfolder(files.config)
+    subfolder = prompts[0].get("subfolder") or TEXT_ENCODER_SUBFOLDER
+    not_in_repo, not_in_cache = hub_missing_errors()
     try:
         return download_text_encoder(HUB_REPOS[name], subfolder, revision, token)
     except not_in_cache as e:

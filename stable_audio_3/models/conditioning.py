@@ -15,7 +15,6 @@ checkpoint, is not cast by `.half()` and runs in the dtype of its weight file (b
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -308,20 +307,19 @@ class Conditioner(nn.Module):
 
     def load_text_encoder(
         self,
-        folders: str | Path | Mapping[str, str | Path],
+        folders: Mapping[str, str | Path],
         device: str | torch.device = "cpu",
         offload: bool = False,
     ) -> None:
         """Load the T5Gemma of every prompt conditioner from its folder and attach it.
 
-        `folders`: one T5Gemma folder for all, or {conditioner id: folder}; which folder holds a
-        model's text encoder is decided by the loading layer (`stable_audio_3.loading.attach_text_encoder`).
+        `folders`: {conditioner id: T5Gemma folder}; which folder holds a model's text encoder is
+        decided by the loading layer (`stable_audio_3.loading.attach_text_encoder`).
         The weights go straight from the file onto `device` in the file's dtype. `offload=True`
         keeps them in CPU memory instead; they visit the compute device only while encoding.
         """
         for key, cond in self.prompt_conditioners().items():
-            folder = folders if isinstance(folders, (str, os.PathLike)) else folders[key]
-            encoder = TextEncoder.from_dir(folder, cond.max_length, "cpu" if offload else device)
+            encoder = TextEncoder.from_dir(folders[key], cond.max_length, "cpu" if offload else device)
             cond.attach(OffloadedTextEncoder(encoder) if offload else encoder)
         self.offload_text_encoder = offload
 

@@ -230,41 +230,34 @@ class T5GemmaEncoder(nn.Module):
         return self.norm(x)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> T5GemmaEncoder:
+    def from_pretrained(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> T5GemmaEncoder:
         """Build from `<folder>/config.json` and load `model.encoder.*` of `<folder>/model.safetensors`
-        (decoder tensors skipped by name), in the stored dtype: the real file is bf16, so it computes in bf16.
+        in the stored dtype (the real file is bf16, so it computes in bf16), straight onto `device`;
+        eval mode, frozen.
+
+        Decoder and LM-head tensors (the real file holds the whole encoder-decoder) are skipped
+        unread; any other foreign tensor is reported as unexpected.
         """
-        return load_t5gemma_encoder(folder, device)
-
-
-# -- reading an HF T5Gemma folder -----------------------------------------------------------------
+        folder = Path(folder)
+        ckpt = SafetensorsFile(folder / "model.safetensors")
+        keys = t5gemma_encoder_keys(ckpt.keys())
+        dtypes = {str(ckpt.tensors[k].dtype) for k in keys.values() if ckpt.tensors[k].dtype.is_floating_point}
+        if len(dtypes) > 1:
+            raise ModelLoadError(f"{ckpt.path}: T5Gemma encoder tensors have mixed dtypes {sorted(dtypes)}")
+        try:
+            cfg = T5GemmaEncoderConfig.from_file(folder / "config.json")
+        except (ValueError, KeyError, OSError) as e:
+            raise ModelLoadError(f"T5Gemma config {folder / 'config.json'} is unusable: {e}") from e
+        with torch.device("meta"):
+            model = cls(cfg)
+        return load_part(model, ckpt, keys, f"T5Gemma encoder checkpoint {ckpt.path}", torch.device(device), None)
 
 
 def t5gemma_encoder_keys(keys: list[str]) -> dict[str, str]:
-    """{encoder module key: file key}: `model.encoder.*` stripped, decoder / LM head left out by name."""
+    """{encoder module key: file key} of an HF T5Gemma file: `model.encoder.*` stripped, decoder / LM head
+    left out by name."""
     return {
         (k[len(ENCODER_PREFIX) :] if k.startswith(ENCODER_PREFIX) else k): k
         for k in keys
         if not k.startswith(UNUSED_PREFIXES)
     }
-
-
-def load_t5gemma_encoder(folder: str | os.PathLike, device: str | torch.device = "cpu") -> T5GemmaEncoder:
-    """The T5Gemma encoder of an HF folder, in its file's dtype, read straight onto `device` (eval, frozen).
-
-    Decoder and LM-head tensors (the real file holds the whole encoder-decoder) are skipped
-    unread; any other foreign tensor is reported as unexpected.
-    """
-    folder = Path(folder)
-    ckpt = SafetensorsFile(folder / "model.safetensors")
-    keys = t5gemma_encoder_keys(ckpt.keys())
-    dtypes = {str(ckpt.tensors[k].dtype) for k in keys.values() if ckpt.tensors[k].dtype.is_floating_point}
-    if len(dtypes) > 1:
-        raise ModelLoadError(f"{ckpt.path}: T5Gemma encoder tensors have mixed dtypes {sorted(dtypes)}")
-    try:
-        cfg = T5GemmaEncoderConfig.from_file(folder / "config.json")
-    except (ValueError, KeyError, OSError) as e:
-        raise ModelLoadError(f"T5Gemma config {folder / 'config.json'} is unusable: {e}") from e
-    with torch.device("meta"):
-        model = T5GemmaEncoder(cfg)
-    return load_part(model, ckpt, keys, f"T5Gemma encoder checkpoint {ckpt.path}", torch.device(device), None)

@@ -12,23 +12,12 @@ import logging
 import os
 from pathlib import Path
 
-from ..request import LOAD_FIELDS
+from ..request import LOAD_FIELDS, add_load_flags
 from .settings import ServerConfig, check_lora_files, lora_specs, model_specs, shipped_loras
 
 __all__ = ["ServerConfig", "build_parser", "config_from_args", "main", "run"]
 
 log = logging.getLogger("stable_audio_3.server")
-
-
-def add_load_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """--device, --dtype, --attention-padding, --quantize: one flag per `LoadOptions` field."""
-    for name, f in LOAD_FIELDS.items():
-        meta = f.metadata
-        default = "" if f.default is None else f" (default: {f.default})"
-        kwargs: dict = {"dest": name, "default": f.default, "help": meta["help"] + default}
-        if meta["choices"]:
-            kwargs["choices"] = meta["choices"]
-        p.add_argument("--" + name.replace("_", "-"), **kwargs)
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -42,7 +31,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         metavar="[NAME=]MODEL",
         help="model to serve (Hub name or local folder); repeat for several (default: demo)",
     )
-    add_load_arguments(p.add_argument_group("model loading (as `stable-audio generate`)"))
+    add_load_flags(p.add_argument_group("model loading (as `stable-audio generate`)"))
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument(

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..request import LOAD_FIELDS, LoadOptions
+from ..request import LoadOptions
 
 LORA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DEFAULT_DATA_DIR = Path(os.environ.get("SA3_SERVER_DATA", Path.home() / ".cache" / "stable-audio-3" / "server"))
@@ -66,7 +66,7 @@ class ServerConfig:
 
     def load_options(self) -> LoadOptions:
         """How every served model is loaded, checked as the CLI checks it."""
-        return LoadOptions(**{name: getattr(self, name) for name in LOAD_FIELDS}).verify()
+        return LoadOptions.from_namespace(self)
 
 
 def model_specs(specs: list[str]) -> dict[str, str]:

@@ -17,9 +17,9 @@ import gradio as gr
 import numpy as np
 import torch
 
-from .. import output
+from .. import output, request
 from ..loading import DEMO_MODEL, DIFFUSION_MODELS, ModelLoadError
-from ..request import FIELDS, LOAD_FIELDS, GenerationRequest, LoadOptions, OptionError
+from ..request import FIELDS, GenerationRequest, LoadOptions, OptionError
 from .controls import REGION_FIELDS, Control, label_of, make_control, specs, updates_for
 
 log = logging.getLogger("stable_audio_3.ui")
@@ -307,13 +307,8 @@ def build_app(
 
 
 def add_load_flags(parser: argparse.ArgumentParser) -> None:
-    """--device, --dtype, --attention-padding, --quantize from `LoadOptions`, spelled as on the CLI;
-    --no-half stays as the old spelling of --dtype float32."""
-    for name, f in LOAD_FIELDS.items():
-        meta = f.metadata
-        default = "" if f.default is None else f" (default: {f.default})"
-        parser.add_argument(f"--{name.replace('_', '-')}", default=f.default, choices=meta["choices"],
-                            help=meta["help"] + default)
+    """The shared load flags, plus --no-half, the old spelling of --dtype float32."""
+    request.add_load_flags(parser)
     parser.add_argument("--no-half", dest="dtype", action="store_const", const="float32",
                         help="the same as --dtype float32")
 
@@ -336,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        load = LoadOptions(**{name: getattr(args, name) for name in LOAD_FIELDS}).verify()
+        load = LoadOptions.from_namespace(args)
     except OptionError as e:
         parser.error(e.spelled(f"--{e.field.replace('_', '-')}"))
     if load.quantize and args.lora_ckpt_path:

@@ -20,22 +20,12 @@ One job per module: `files` (reading and checking files), `patterns` (layer-name
 `adapter` (the math and the materialized weight), `lora_set` (attaching LoRAs to a model).
 """
 
-from .adapter import DORA_EPS
-from .files import (
-    ADAPTER_TYPES,
-    LoraError,
-    LoraFile,
-    read_lora_file,
-    read_svd_bases,
-    svd_bases_from_weight,
-    torch_load_weights_only,
-)
+from .files import ADAPTER_TYPES, LoraError, LoraFile, read_lora_file, read_svd_bases
 from .lora_set import LoraSet
 from .patterns import expand_ranges, matches_any
 
 __all__ = [
     "ADAPTER_TYPES",
-    "DORA_EPS",
     "LoraError",
     "LoraFile",
     "LoraSet",
@@ -43,6 +33,4 @@ __all__ = [
     "matches_any",
     "read_lora_file",
     "read_svd_bases",
-    "svd_bases_from_weight",
-    "torch_load_weights_only",
 ]

@@ -261,4 +261,3 @@ def svd_bases_from_weight(weight: Tensor) -> tuple[Tensor, Tensor]:
     signs = u[u.abs().argmax(dim=0), torch.arange(u.shape[1])].sign()
     signs[signs == 0] = 1
     return u * signs.unsqueeze(0), (vh * signs.unsqueeze(1)).T
-

@@ -4,7 +4,7 @@ strengths, per-step enable states (§3.8) and an exact unload."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -12,12 +12,17 @@ from torch.nn.utils import parametrize
 
 from .adapter import Adapter, attach, detach_all, materialize
 from .files import ADAPTER_TYPES, LoraError, LoraFile, listing, read_lora_file, read_svd_bases, svd_bases_from_weight
-from .patterns import layer_filter_hits
+from .patterns import layer_filter_patterns
 
 log = logging.getLogger(__name__)
 
 DIT_NAMESPACE = "model."  # the file namespace of the DiT: the only adapters a request switches per step
 State = tuple[bool, ...]
+
+
+def _distinct(modules: Iterable[nn.Module]) -> list[nn.Module]:
+    """Each module once, in first-seen order (a module may carry several adapters)."""
+    return list({id(module): module for module in modules}.values())
 
 
 class LoraSet:
@@ -33,10 +38,8 @@ class LoraSet:
         self.targets = dict(targets)
         self.skip_prefixes = tuple(p.rstrip(".") for p in skip_prefixes)
         self.files: list[LoraFile] = []
-        self.strengths: list[float] = []
         self._adapters: list[Adapter] = []
         self._owners: list[nn.Module] = []  # the module each adapter updates
-        self._modules: dict[int, nn.Module] = {}  # id -> module carrying adapters
 
     def __len__(self) -> int:
         return len(self.files)
@@ -44,6 +47,14 @@ class LoraSet:
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.files]
+
+    @property
+    def strengths(self) -> list[float]:
+        """Each LoRA's strength: that of its adapters, which `set_lora_strength` keeps equal."""
+        first: dict[int, float] = {}
+        for adapter in self._adapters:
+            first.setdefault(adapter.lora_index, adapter.strength)
+        return [first.get(i, 1.0) for i in range(len(self.files))]
 
     def _find(self, name: str, index: dict[str, dict[str, nn.Module]]) -> tuple[nn.Module | None, str, str]:
         """(module, namespace, problem) for a module name of the file namespace."""
@@ -108,14 +119,11 @@ class LoraSet:
 
         first = len(self.files)
         self.files += files
-        self.strengths += [1.0] * len(files)
-        touched: dict[int, nn.Module] = {}
         for module, adapter in new_adapters:
             attach(module, adapter)
-            self._modules[id(module)] = touched[id(module)] = module
             self._adapters.append(adapter)
             self._owners.append(module)
-        for module in touched.values():
+        for module in _distinct(module for module, _ in new_adapters):
             materialize(module)
         return list(range(first, len(self.files)))
 
@@ -181,16 +189,13 @@ class LoraSet:
     def set_lora_strength(self, strength: float, lora_index: int | None = None) -> None:
         """Sets the strength of one LoRA (or all); the next forward uses it. 0 gives the base weights."""
         self._check_index(lora_index)
-        for i in range(len(self.files)):
-            if lora_index is None or i == lora_index:
-                self.strengths[i] = float(strength)
-        stale: dict[int, nn.Module] = {}
+        stale = []
         for adapter, module in zip(self._adapters, self._owners, strict=True):
             if lora_index is None or adapter.lora_index == lora_index:
                 adapter.set_strength(strength)
                 if adapter.enabled:
-                    stale[id(module)] = module
-        for module in stale.values():
+                    stale.append(module)
+        for module in _distinct(stale):
             materialize(module)
 
     # -- per-step enable states (§3.8) ----------------------------------------------------------
@@ -222,21 +227,31 @@ class LoraSet:
             index = config["lora_index"]
             if not 0 <= index < n:
                 raise ValueError(f"lora_configs[{k}].lora_index={index} is out of range: {n} LoRA(s) loaded")
-        rules: list[tuple[float, float, bool] | None] = []  # per adapter: the entry that switches it, if any
+        last = {config["lora_index"]: config for config in configs}  # a later entry for the same LoRA wins
+        intervals = {i: tuple(float(x) for x in c.get("interval", (0.0, 1.0))) for i, c in last.items()}
+        filters = {i: layer_filter_patterns(c.get("layer_filter", "")) for i, c in last.items()}
+        # Per adapter, once: None if no entry switches it (always on), -1 if the layer filter hits it
+        # (always off), else the index of the LoRA whose interval decides.
+        rules: list[int | None] = []
         for adapter in self._adapters:
-            entries = [c for c in configs if c["lora_index"] == adapter.lora_index]
-            if adapter.namespace != DIT_NAMESPACE or not entries:
+            i = adapter.lora_index
+            if adapter.namespace != DIT_NAMESPACE or i not in last:
                 rules.append(None)
-                continue
-            low, high = entries[-1].get("interval", (0.0, 1.0))
-            hit = layer_filter_hits(adapter.module_name[len(DIT_NAMESPACE) :], entries[-1].get("layer_filter", ""))
-            rules.append((float(low), float(high), hit))
+            else:
+                name = adapter.module_name[len(DIT_NAMESPACE) :]
+                rules.append(-1 if any(p in name for p in filters[i]) else i)
+        # A step's state depends only on which intervals hold its sigma: built once per such pattern.
         states: dict[State, int] = {}
+        by_pattern: dict[tuple[bool, ...], int] = {}
         steps = []
         for sigma in sigmas:
             sigma = float(sigma)
-            state = tuple(rule is None or (rule[0] <= sigma <= rule[1] and not rule[2]) for rule in rules)
-            steps.append(states.setdefault(state, len(states)))
+            pattern = tuple(low <= sigma <= high for low, high in intervals.values())
+            if pattern not in by_pattern:
+                active = dict(zip(intervals, pattern, strict=True))
+                state = tuple(rule is None or (rule >= 0 and active[rule]) for rule in rules)
+                by_pattern[pattern] = states.setdefault(state, len(states))
+            steps.append(by_pattern[pattern])
         return steps, list(states)
 
     def apply_state(self, state: Sequence[bool]) -> None:
@@ -249,21 +264,19 @@ class LoraSet:
         """
         if len(state) != len(self._adapters):
             raise ValueError(f"a LoRA state has {len(self._adapters)} flags, got {len(state)}")
-        stale: dict[int, nn.Module] = {}
+        stale = []
         for adapter, module, enabled in zip(self._adapters, self._owners, state, strict=True):
             if adapter.enabled != bool(enabled):
                 adapter.enabled = bool(enabled)
                 if adapter.strength != 0.0:  # a LoRA at strength 0 changes nothing either way
-                    stale[id(module)] = module
-        for module in stale.values():
+                    stale.append(module)
+        for module in _distinct(stale):
             materialize(module)
 
     def unload_loras(self) -> None:
         """Removes every LoRA; the modules are again exactly the base ones (same class, same tensors)."""
-        for module in self._modules.values():
+        for module in _distinct(self._owners):
             detach_all(module)
-        self._modules.clear()
         self._adapters.clear()
         self._owners.clear()
         self.files.clear()
-        self.strengths.clear()

@@ -37,8 +37,8 @@ def as_patterns(value: object) -> list[str] | None:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
-def layer_filter_hits(name: str, layer_filter: str) -> bool:
-    """The Gradio per-LoRA layer filter: comma-separated, lower-cased substrings (§3.8)."""
+def layer_filter_patterns(layer_filter: str) -> list[str]:
+    """The Gradio per-LoRA layer filter (§3.8), parsed once: comma-separated, lower-cased, range-expanded
+    substrings; a layer whose name contains one of them is filtered out."""
     filters = [part.lower().strip() for part in (layer_filter or "").strip().split(",") if len(part)]
-    return any(p in name for f in filters for p in expand_ranges(f))
-
+    return [p for f in filters for p in expand_ranges(f)]
