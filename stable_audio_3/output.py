@@ -32,7 +32,8 @@ def item_audio(audio, request: GenerationRequest, index: int, sample_rate: int):
 
 
 def item_seed(seeds: list[int], index: int) -> int:
-    return seeds[index] if index < len(seeds) else seeds[0]
+    """The seed that reproduces item `index` (a run reports one per item; a shared seed is repeated)."""
+    return seeds[index]
 
 
 def limit_peak(audio, ceiling_db: float):
