@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from stable_audio_3.api import build_autoencoder
+from stable_audio_3.compiling import compile_components
 from stable_audio_3.loading import packaged_config
 from stable_audio_3.models.conditioning import Conditioner, PromptTokenizer, TextEncoder
 from stable_audio_3.models.dit import DiffusionTransformer
@@ -81,7 +82,7 @@ def default_settings(device: torch.device) -> list[str]:
     return ["fp32", "int8"] + (["bf16"] if cpu_has_bf16_units() else [])
 
 
-def build(model: str, device: torch.device, setting: str) -> Components:
+def build(model: str, device: torch.device, setting: str, compile: bool = False) -> Components:
     dtype = SETTINGS[setting]
     cfg = packaged_config(model)
     with torch.device("meta"):
@@ -96,7 +97,10 @@ def build(model: str, device: torch.device, setting: str) -> Components:
         quantize_model(dit, ae, t5)
     prompt = cond.prompt_conditioners()["prompt"]
     prompt.attach(TextEncoder(PromptTokenizer.from_dir(TOKENIZER_DIR, prompt.max_length), t5))
-    return Components(cond, dit, ae, cfg, device)
+    c = Components(cond, dit, ae, cfg, device)
+    if compile:
+        compile_components(c)
+    return c
 
 
 def peak_memory(device: torch.device) -> float:

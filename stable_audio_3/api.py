@@ -233,7 +233,7 @@ class StableAudioModel:
                         attention_padding: str = "exclude", attention_backend: str | None = None,
                         text_encoder: str | os.PathLike | None = None, revision: str | None = None,
                         token: str | None = None, offload_text_encoder: bool = False,
-                        quantize: str | None = None) -> StableAudioModel:
+                        quantize: str | None = None, compile: bool = False) -> StableAudioModel:
         """Load a Stable Audio 3 model.
 
         `name_or_path`: an existing path wins: a folder laid out like the Hub repo (model_config.json,
@@ -254,6 +254,9 @@ class StableAudioModel:
         `quantize="int8"` (CPU only) runs the DiT's and the autoencoder's wide Linear layers with int8
         kernels (and a bf16 text encoder in float32): 1.6-1.9x faster on a 2-core AVX2 CPU, at a measured
         quality cost (see the README's benchmark table); LoRAs cannot be loaded on such a model.
+        `compile=True` compiles the sampling step and the SAME decoder with torch.compile (on CUDA the
+        step is captured as a CUDA graph, per bucket of latent lengths; see `compiling`): the first
+        generation (and the first of each new length bucket on CUDA) takes longer; LoRAs still work.
         Any loading problem raises `ModelLoadError` with what to do about it.
         """
         from .models.conditioning import Conditioner
@@ -297,6 +300,12 @@ class StableAudioModel:
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
         model = cls(Components(conditioner, dit, ae, cfg, device, attention_padding, loras), files)
         model.quantize = quantize
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile={compile!r} is invalid; allowed: True, False")
+        if compile:
+            from .compiling import compile_components
+
+            compile_components(model.components)
         return model
 
     @property

@@ -173,11 +173,13 @@ def prepare_conditioning(dit, cross_attn_cond: torch.Tensor, global_cond: torch.
 def guided_denoiser(dit, lengths: list[int], latent_length: int, padding_mask: torch.Tensor | None = None, *,
                     attention_padding: str = "exclude", cfg_scale: float = 1.0, apg_scale: float = 1.0,
                     cfg_norm_threshold: float = 0.0, scale_phi: float = 0.0,
-                    device: torch.device | str = "cpu") -> GuidedDenoiser:
+                    device: torch.device | str = "cpu", real_length: int | None = None,
+                    bucket=None) -> GuidedDenoiser:
     """The run's denoiser for items with `lengths` valid latents of `latent_length`; `padding_mask`
-    (B, T) bool is the same as a mask, for APG and the norm threshold (the pipeline always gives one)."""
-    padding = dit.padding(lengths, latent_length, attention_padding, device)
-    guided_padding = dit.padding(lengths * 2, latent_length, attention_padding, device)
+    (B, T) bool is the same as a mask, for APG and the norm threshold (the pipeline always gives one).
+    `real_length` / `bucket`: the latents run at a bucketed length (see `dit.Padding.from_lengths`)."""
+    padding = dit.padding(lengths, latent_length, attention_padding, device, real_length, bucket)
+    guided_padding = dit.padding(lengths * 2, latent_length, attention_padding, device, real_length, bucket)
     padding_mask = None if padding_mask is None else padding_mask.bool()
     return GuidedDenoiser(dit, padding, guided_padding, padding_mask, cfg_scale, apg_scale, cfg_norm_threshold,
                           scale_phi)

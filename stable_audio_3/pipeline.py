@@ -44,6 +44,7 @@ class Components:
     attention_padding: str = "exclude"
     loras: LoraSet | None = None
     compile_step: Callable[[Callable], Callable] | None = None  # wraps each step function (torch.compile)
+    bucket: Callable[[int], int] | None = None  # latent length -> the compiled step's (see compiling.py)
 
     @property
     def sample_rate(self) -> int:
@@ -128,14 +129,26 @@ def encode(c: Components, plan: Plan) -> Encoded:
 
 
 def sample_plan(c: Components, plan: Plan, enc: Encoded, callback=None) -> torch.Tensor:
-    """Run the plan's sampling steps; each step only looks up its tensors, denoisers and LoRA state."""
-    r = plan.request
-    x = plan.noise
+    """Run the plan's sampling steps; each step only looks up its tensors, denoisers and LoRA state.
+
+    With `c.bucket` (a compiled step) the latents run at a bucketed length: every random draw keeps
+    the request's true length and order, the extra positions are zeros that the DiT treats as
+    padding and the guidance ignores, and they are cut off at the end."""
+    r, length = plan.request, plan.latent_length
+    run_length = length if c.bucket is None else max(length, c.bucket(length))
+
+    def grow(a: torch.Tensor, value=0) -> torch.Tensor:
+        return a if run_length == length else torch.cat([a, a.new_full((*a.shape[:-1], run_length - length),
+                                                                         value)], dim=-1)
+
+    x = grow(plan.noise)
     if enc.init_latents is not None:
-        x = noised_init(enc.init_latents.to(x.dtype), x, plan.sigma_max)
-    denoiser = guided_denoiser(c.dit, plan.lengths, plan.latent_length, plan.padding_mask,
+        x = noised_init(grow(enc.init_latents.to(x.dtype)), x, plan.sigma_max)
+    local = grow(enc.local)
+    denoiser = guided_denoiser(c.dit, plan.lengths, run_length, grow(plan.padding_mask, False),
                                attention_padding=c.attention_padding, cfg_scale=r.cfg_scale, apg_scale=r.apg_scale,
-                               cfg_norm_threshold=r.cfg_norm_threshold, scale_phi=r.scale_phi, device=c.device)
+                               cfg_norm_threshold=r.cfg_norm_threshold, scale_phi=r.scale_phi, device=c.device,
+                               real_length=None if c.bucket is None else length, bucket=c.bucket)
     wants = dict(guided=any(map(any, plan.guided)), plain=not all(map(all, plan.guided)))
     conditioning: dict[int, RunConditioning] = {}  # per LoRA state
     functions: dict[tuple[bool, ...], Callable] = {}  # per pattern of guided calls
@@ -146,22 +159,22 @@ def sample_plan(c: Components, plan: Plan, enc: Encoded, callback=None) -> torch
             if plan.lora_steps and (i == 0 or state != plan.lora_steps[i - 1]):
                 c.loras.apply_state(plan.lora_states[state])
             if state not in conditioning:  # prepared under the LoRA state it is used with
-                conditioning[state] = prepare_conditioning(c.dit, enc.cross, enc.glob, enc.local, enc.negative,
+                conditioning[state] = prepare_conditioning(c.dit, enc.cross, enc.glob, local, enc.negative,
                                                            enc.negative_mask, **wants)
             if plan.guided[i] not in functions:
                 functions[plan.guided[i]] = step_function(STEPS[r.sampler_type], denoiser, plan.guided[i],
                                                           c.compile_step)
             k = {name: table[i] for name, table in plan.tables.items()}
             if r.sampler_type == "pingpong":
-                k["noise"] = plan.rng.randn_like(x)
+                k["noise"] = grow(plan.rng.randn_like(plan.noise))
             x_next, previous = functions[plan.guided[i]](x, k, previous, conditioning[state])
-            if callback is not None and callback(i + 1, plan.steps, previous) is False:
+            if callback is not None and callback(i + 1, plan.steps, previous[..., :length]) is False:
                 raise GenerationCancelled(f"generation cancelled by the callback at step {i + 1}/{plan.steps}")
             x = x_next
     finally:
         if plan.lora_states:
             c.loras.apply_state(c.loras.all_enabled_state)
-    return x
+    return x[..., :length].clone() if c.compile_step is not None else x  # not a CUDA graph's own buffer
 
 
 def step_function(step: Callable, denoiser: GuidedDenoiser, guided: tuple[bool, ...],

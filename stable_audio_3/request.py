@@ -347,12 +347,16 @@ class LoadOptions:
                                     choices=ATTENTION_PADDING, kind="choice")
     quantize: str | None = option(None, "int8: CPU fast path for the DiT and autoencoder (no LoRA)",
                                   choices=QUANTIZE, kind="choice")
+    compile: bool = option(False, "compile the sampling step and the decoder with torch.compile (the first "
+                           "generation takes longer; a CUDA graph on GPUs)", kind="flag")
 
     def verify(self) -> LoadOptions:
         for name in ("dtype", "attention_padding", "quantize"):
             value, choices = getattr(self, name), LOAD_FIELDS[name].metadata["choices"]
             if value is not None and value not in choices:
                 raise OptionError(name, value, f"allowed: {', '.join(map(repr, choices))}")
+        if not isinstance(self.compile, bool):
+            raise OptionError("compile", self.compile, "allowed: True, False")
         if self.quantize is not None and self.device not in (None, "cpu"):
             raise OptionError("quantize", self.quantize, "", f"quantize={self.quantize!r} runs on the CPU only; "
                               f"got device={self.device!r}")
@@ -366,17 +370,21 @@ class LoadOptions:
     def kwargs(self) -> dict:
         """Keyword arguments of `StableAudioModel.from_pretrained`."""
         device = self.device or ("cpu" if self.quantize else None)
-        return dict(device=device, dtype=self.dtype, attention_padding=self.attention_padding, quantize=self.quantize)
+        return dict(device=device, dtype=self.dtype, attention_padding=self.attention_padding, quantize=self.quantize,
+                    compile=self.compile)
 
 
 LOAD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(LoadOptions)}
 
 
 def add_load_flags(parser) -> None:
-    """--device, --dtype, --attention-padding, --quantize on an argparse parser or group, one per
+    """--device, --dtype, --attention-padding, --quantize, --compile on an argparse parser or group, one per
     `LoadOptions` field with its default and choices, so every command spells them alike."""
     for name, f in LOAD_FIELDS.items():
         meta = f.metadata
+        if meta["kind"] == "flag":
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", help=meta["help"])
+            continue
         default = "" if f.default is None else f" (default: {f.default})"
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=f.default, choices=meta["choices"],
                             help=meta["help"] + default)

@@ -1003,7 +1003,8 @@ def test_serve_command_line_defaults_to_localhost() -> None:
     assert (config.device, config.dtype, config.attention_padding, config.quantize) == (
         "cpu", "float32", "zero-values", "int8")
     assert config.load_options().kwargs() == {"device": "cpu", "dtype": "float32",
-                                              "attention_padding": "zero-values", "quantize": "int8"}
+                                              "attention_padding": "zero-values", "quantize": "int8",
+                                              "compile": False}
     for argv in (["--dtype", "float64"], ["--attention-padding", "none"], ["--quantize", "int4"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)

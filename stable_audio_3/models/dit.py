@@ -18,6 +18,7 @@ Module names equal the official checkpoint's keys after the `model.model.` prefi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -216,14 +217,27 @@ class Padding:
 
     @classmethod
     def from_lengths(cls, lengths: list[int], length: int, num_memory: int, exclude: bool,
-                     device: torch.device | str) -> Padding:
+                     device: torch.device | str, real_length: int | None = None,
+                     bucket: Callable[[int], int] | None = None) -> Padding:
         """Items whose first lengths[b] latents are valid, after `num_memory` always-valid tokens;
-        `length` counts all tokens (memory included). Reads nothing from the device."""
+        `length` counts all tokens (memory included). Reads nothing from the device.
+
+        A compiled step runs at a bucketed length so that a new duration reuses its graph: then
+        only the first `real_length` tokens exist for the request, and `bucket` rounds the number of
+        computed latents up. The extra tokens are no keys and get no update, exactly like padding,
+        so the audio does not change."""
+        real_length = length if real_length is None else real_length
         total = [num_memory + n for n in lengths]
-        if all(n == length for n in total):
+        if bucket is None and all(n == length for n in total):
             return cls(length)
         valid = torch.arange(length, device=device)[None, :] < torch.tensor(total, device=device)[:, None]
-        return cls._from_valid(valid, exclude, length, max(total), all(n == total[0] for n in total))
+        if bucket is None:
+            return cls._from_valid(valid, exclude, length, max(total), all(n == total[0] for n in total))
+        if exclude:
+            active = min(length, num_memory + bucket(max(lengths)))
+            return cls._from_valid(valid, exclude, length, active, False)
+        real = torch.arange(length, device=device) < real_length  # zero-values: the tail is no key either
+        return cls(length, key_mask=real[None, None, None, :], value_mask=valid[:, None, :, None])
 
     @classmethod
     def from_mask(cls, valid: torch.Tensor | None, exclude: bool, length: int) -> Padding:
@@ -446,11 +460,14 @@ class DiffusionTransformer(nn.Module):
         return PreparedConditioning(self.to_global_embed(global_cond.to(dtype)), kv, local, frequencies)
 
     def padding(self, lengths: list[int], latent_length: int, attention_padding: str,
-                device: torch.device | str) -> Padding:
-        """The run's `Padding` for items with `lengths` valid latents out of `latent_length` (host data)."""
+                device: torch.device | str, real_length: int | None = None,
+                bucket: Callable[[int], int] | None = None) -> Padding:
+        """The run's `Padding` for items with `lengths` valid latents out of `latent_length` (host
+        data); `real_length` and `bucket` for a bucketed compiled step (see `Padding.from_lengths`)."""
         exclude = check_attention_padding(attention_padding) == "exclude"
         memory = self.transformer.num_memory_tokens
-        return Padding.from_lengths(lengths, memory + latent_length, memory, exclude, device)
+        real = None if real_length is None else memory + real_length
+        return Padding.from_lengths(lengths, memory + latent_length, memory, exclude, device, real, bucket)
 
     def step_velocity(self, x: torch.Tensor, t: torch.Tensor, cond: PreparedConditioning,
                       padding: Padding) -> torch.Tensor:

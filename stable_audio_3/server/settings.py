@@ -26,6 +26,7 @@ class ServerConfig:
     dtype: str | None = None  # the load options, as `stable-audio` and `StableAudioModel.from_pretrained` take them
     attention_padding: str = "exclude"
     quantize: str | None = None
+    compile: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
     api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
     max_queue: int = 64  # queued jobs (all models) before new requests get 429
