@@ -1,17 +1,20 @@
 """End-to-end generation benchmark on full-size architectures with random weights (no download).
 
-    python benchmarks/bench_generate.py                  # small-music, 10 and 30 s, every fast path of the device
-    python benchmarks/bench_generate.py --model medium --seconds 5 30 120 --settings fp16 --repeats 5
+    python benchmarks/bench_generate.py --seconds 10 30 120      # small-music, every CPU tier
+    python benchmarks/bench_generate.py --model medium --seconds 5 30 --settings float16 float16+compile
 
-Settings: fp32 (the baseline: the project's default eager float32 path, always measured first),
-bf16, fp16 (CUDA), int8 (CPU: `quantize="int8"`). Default: fp32 + int8 on the CPU (+ bf16 where the
-CPU has bf16 units: AMX or AVX512-BF16), fp32 + fp16 + bf16 on CUDA.
+Settings: a precision tier (`stable_audio_3.precision.TIERS`: float32, bfloat16, float16, int8,
+int8-bf16), optionally `+compile` (`compile=True`). float32 eager, the baseline, always runs first.
+Default: every tier this device can run, eager and compiled.
 
 Builds the model from the packaged config (the shapes of the real checkpoint), the T5Gemma encoder at
 its real size, random weights scaled like a trained network's, then times text encoding + sampling +
-decode. Prints one table row per setting: device, model, seconds, batch, setting, median time over
-the repeats after one warm-up, peak memory, realtime factor, the speed-up against fp32 eager in the
-same run, and the SNR of the setting's latents and audio against fp32 for the same seed.
+decode. Prints the CPU's features (or the GPU's name) and one row per setting and duration: median
+time over the repeats after one warm-up (which includes compiling), peak memory, realtime factor,
+the speed-up against float32 eager in the same run, and the quality gates: (a) the lowest SNR of one
+DiT forward against float32 at t = 1, 0.5, 0.1 (pass: >= 30 dB), (b) the SAME decoder alone on the
+baseline's latents (pass: >= 25 dB). End-to-end audio SNR is no gate: on random weights bf16 vs
+float32 differs as much as two seeds do.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from stable_audio_3.compiling import compile_components
 from stable_audio_3.loading import packaged_config
 from stable_audio_3.models.conditioning import Conditioner, PromptTokenizer, TextEncoder
 from stable_audio_3.models.dit import DiffusionTransformer
-from stable_audio_3.models.quant import quantize_model
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 from stable_audio_3.pipeline import Components, generate
+from stable_audio_3.precision import TIERS, apply_tier, cpu_has_bf16_units, decoder_gate, describe_cpu, dit_gate
 from stable_audio_3.request import GenerationRequest, ModelDefaults
 
 T5_CONFIG = {  # google/t5gemma-b-b-ul2 encoder (spec §4.2; shapes confirmed by the manifest)
@@ -65,48 +68,63 @@ def randomise(module: torch.nn.Module, device: torch.device, seed: int = 0) -> t
     return module
 
 
-SETTINGS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
-
-
-def cpu_has_bf16_units() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def default_settings(device: torch.device) -> list[str]:
     if device.type == "cuda":
-        return ["fp32", "fp16", "bf16"]
-    return ["fp32", "int8"] + (["bf16"] if cpu_has_bf16_units() else [])
+        return ["float32", "float16", "float16+compile", "bfloat16+compile"]
+    tiers = ["float32", "int8"]
+    if cpu_has_bf16_units():
+        tiers += ["bfloat16", "int8-bf16"]
+    return tiers + [f"{t}+compile" for t in tiers]
+
+
+def parse_setting(setting: str) -> tuple[str, bool]:
+    tier, _, extra = setting.partition("+")
+    if tier not in TIERS or extra not in ("", "compile"):
+        raise SystemExit(f"setting {setting!r} is invalid; a tier ({', '.join(TIERS)}), optionally +compile")
+    return tier, extra == "compile"
 
 
 def build(model: str, device: torch.device, setting: str, compile: bool = False) -> Components:
-    dtype = SETTINGS[setting]
+    """The full-size model with random weights in `setting`'s tier (as from_pretrained would load it)."""
+    name, compiled = parse_setting(setting)
+    tier = TIERS[name]
     cfg = packaged_config(model)
     with torch.device("meta"):
         dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
         cond = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
         t5 = T5GemmaEncoder(T5GemmaEncoderConfig.from_hf(T5_CONFIG))
-    dit = randomise(dit, device, 1).to(dtype).eval()
-    cond = randomise(cond, device, 2).to(dtype).eval()
+    dit = randomise(dit, device, 1).to(tier.dit).eval()
+    cond = randomise(cond, device, 2).to(tier.conditioner).eval()
     t5 = randomise(t5, device, 3).to(torch.bfloat16).eval()  # the real file is bf16
-    ae = randomise(build_autoencoder(cfg, None, model), device, 4).to(dtype).eval()
-    if setting == "int8":
-        quantize_model(dit, ae, t5)
+    ae = randomise(build_autoencoder(cfg, None, model), device, 4).to(tier.autoencoder).eval()
+    apply_tier(tier, dit, ae, t5)
     prompt = cond.prompt_conditioners()["prompt"]
     prompt.attach(TextEncoder(PromptTokenizer.from_dir(TOKENIZER_DIR, prompt.max_length), t5))
     c = Components(cond, dit, ae, cfg, device)
-    if compile:
+    if compile or compiled:
         compile_components(c)
     return c
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: reset the process's peak resident set size (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_memory(device: torch.device) -> float:
+    """GiB: the GPU's peak allocation, or the process's peak resident memory since the last reset."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1]) / 2**20
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
 def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float, torch.Tensor, torch.Tensor]:
@@ -120,7 +138,7 @@ def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float,
             torch.cuda.synchronize()
         return out
 
-    latents = once(return_latents=True)  # also the warm-up
+    latents = once(return_latents=True)  # also the warm-up (and the compile)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -129,44 +147,57 @@ def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float,
     return statistics.median(times), latents, audio
 
 
-def snr_db(ref: torch.Tensor, other: torch.Tensor) -> float:
-    noise = (ref.double() - other.double()).pow(2).sum()
-    return float(10 * torch.log10(ref.double().pow(2).sum() / noise.clamp_min(1e-30)))
+def gates(reference: Components, c: Components, latents: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+    """(a) the lowest DiT-forward SNR over t = 1, 0.5, 0.1 and (b) the decoder SNR, against float32."""
+    g = torch.Generator().manual_seed(seed)
+    length = latents.shape[-1]
+    x = torch.randn(1, latents.shape[1], length, generator=g).to(c.device)
+    cross = torch.randn(1, 128, 768, generator=g).to(c.device)
+    glob = torch.randn(1, 768, generator=g).to(c.device)
+    local = torch.zeros(1, latents.shape[1] + 1, length, device=c.device)
+    a = min(dit_gate(reference.dit, c.dit, x, cross, glob, local).values())
+    return a, decoder_gate(reference.autoencoder, c.autoencoder, latents[:1])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="small-music")
-    p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
+    p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0, 120.0])
     p.add_argument("--batch", type=int, nargs="+", default=[1])
-    p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=None,
-                   help="fp32 bf16 fp16 int8 (default: every fast path of the device; fp32 always runs first)")
+    p.add_argument("--settings", nargs="+", default=None,
+                   help="tiers, each optionally +compile (default: every tier of the device, eager and compiled)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
     device = torch.device(args.device)
-    settings = ["fp32"] + [s for s in (args.settings or default_settings(device)) if s != "fp32"]
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"device: {name}; torch {torch.__version__}; model {args.model} (random weights, full size); "
-          f"median of {args.repeats} after a warm-up; baseline: fp32 eager in the same run")
-    print("| seconds | batch | setting | median s | peak GiB | x realtime | speed-up vs fp32 "
-          "| latent SNR dB | audio SNR dB |")
+    settings = ["float32"] + [s for s in (args.settings or default_settings(device)) if s != "float32"]
+    for setting in settings:
+        parse_setting(setting)
+    if device.type == "cuda":
+        where = f"GPU: {torch.cuda.get_device_name()}"
+    else:
+        where = f"CPU: {describe_cpu()}; {torch.get_num_threads()} threads"
+    print(f"{where}; torch {torch.__version__}; model {args.model} (random weights, full size); median of "
+          f"{args.repeats} after a warm-up; baseline: float32 eager in the same run")
+    print("| seconds | batch | setting | median s | peak GiB | x realtime | speed-up vs float32 "
+          "| gate (a) DiT dB | gate (b) decoder dB |")
     print("|---|---|---|---|---|---|---|---|---|")
+    reference = build(args.model, device, "float32")
     for seconds in args.seconds:
         for batch in args.batch:
             base = None
             for setting in settings:
-                c = build(args.model, device, setting)
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                t, latents, audio = run(c, seconds, batch, args.repeats)
+                c = reference if setting == "float32" else build(args.model, device, setting)
+                reset_peak_memory(device)
+                t, latents, _ = run(c, seconds, batch, args.repeats)
                 if base is None:
-                    base = (t, latents, audio)
-                snr = ("-", "-") if setting == "fp32" else (f"{snr_db(base[1], latents):.1f}",
-                                                           f"{snr_db(base[2], audio):.1f}")
-                print(f"| {seconds:g} | {batch} | {setting} | {t:.3f} | {peak_memory(device):.2f} | "
-                      f"{seconds * batch / t:.2f} | {base[0] / t:.2f} | {snr[0]} | {snr[1]} |", flush=True)
-                del c
+                    base = (t, latents)
+                gate = ("-", "-") if setting == "float32" else (f"{x:.1f}" for x in gates(reference, c, base[1]))
+                print(f"| {seconds:g} | {batch} | {setting} | {t:.2f} | {peak_memory(device):.2f} | "
+                      f"{seconds * batch / t:.2f} | {base[0] / t:.2f} | {' | '.join(gate)} |", flush=True)
+                if c is not reference:
+                    del c
+                    torch._dynamo.reset()
 
 
 if __name__ == "__main__":

@@ -34,8 +34,8 @@ from .loading import (
 )
 from .models.attention import check_backend
 from .models.dit import check_attention_padding
-from .models.quant import check_quantize, quantize_model
 from .models.same import SAMEAutoencoder
+from .precision import TIERS, apply_tier, resolve_precision
 from .request import FIELDS, GenerationRequest, ModelDefaults
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class StableAudioModel:
         self.config_path = files.config_path
         self.device = components.device
         self.last_seeds: list[int] = []
-        self.quantize: str | None = None  # "int8" when loaded with that fast path
+        self.precision: str = "float32"  # the precision tier it was loaded with (see `precision`)
 
     @property
     def loras(self):
@@ -233,7 +233,7 @@ class StableAudioModel:
                         attention_padding: str = "exclude", attention_backend: str | None = None,
                         text_encoder: str | os.PathLike | None = None, revision: str | None = None,
                         token: str | None = None, offload_text_encoder: bool = False,
-                        quantize: str | None = None, compile: bool = False) -> StableAudioModel:
+                        precision: str | None = None, compile: bool = False) -> StableAudioModel:
         """Load a Stable Audio 3 model.
 
         `name_or_path`: an existing path wins: a folder laid out like the Hub repo (model_config.json,
@@ -251,9 +251,10 @@ class StableAudioModel:
         `"zero-values"` reproduces the reference without flash-attn (CPU/MPS). `attention_backend`:
         None (auto, or $SA3_ATTENTION_BACKEND), "sdpa", "flash", "math". `offload_text_encoder=True`
         keeps the T5Gemma encoder in CPU memory; it visits the GPU only to encode (for small GPUs).
-        `quantize="int8"` (CPU only) runs the DiT's and the autoencoder's wide Linear layers with int8
-        kernels (and a bf16 text encoder in float32): 1.6-1.9x faster on a 2-core AVX2 CPU, at a measured
-        quality cost (see the README's benchmark table); LoRAs cannot be loaded on such a model.
+        `precision` (instead of `dtype`): a tier of `precision.TIERS` ("float32", "bfloat16", "float16",
+        "int8", "int8-bf16": int8 matrix multiplies in the DiT and decoder blocks, CPU only, no LoRAs),
+        or "auto": the tier measured fastest on this kind of CPU (by its AVX-512 / BF16 / VNNI / AMX
+        features) or GPU, among those that passed the quality gates (see the README's table).
         `compile=True` compiles the sampling step and the SAME decoder with torch.compile (on CUDA the
         step is captured as a CUDA graph, per bucket of latent lengths; see `compiling`): the first
         generation (and the first of each new length bucket on CUDA) takes longer; LoRAs still work.
@@ -267,8 +268,14 @@ class StableAudioModel:
         check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
         device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        check_quantize(quantize, device)
+        if precision is not None and dtype is not None:
+            raise ValueError(f"precision={precision!r} and dtype={dtype!r} were both given; a precision tier sets "
+                             "the dtypes, give one or the other")
+        if precision is not None:
+            tier_name = resolve_precision(precision, device)
+        else:
+            tier_name = str(resolve_dtype(dtype, device)).removeprefix("torch.")
+        tier = TIERS[tier_name]
         files = resolve_model_files(DEMO_MODEL if name_or_path is None else name_or_path,
                                     DIFFUSION_MODELS + (DEMO_MODEL,), config=config, revision=revision,
                                     token=token, with_text_encoder=text_encoder is None)
@@ -284,9 +291,9 @@ class StableAudioModel:
             conditioner = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
         ae = build_autoencoder(cfg, None, source)
         parts = {  # part: (module, dtype, name in messages)
-            "dit": (dit, dtype, "DiT"),
-            "conditioner": (conditioner, dtype, "conditioner"),
-            "autoencoder": (ae, torch.float32 if device.type == "mps" else dtype, "autoencoder"),
+            "dit": (dit, tier.dit, "DiT"),
+            "conditioner": (conditioner, tier.conditioner, "conditioner"),
+            "autoencoder": (ae, torch.float32 if device.type == "mps" else tier.autoencoder, "autoencoder"),
         }
         for part, (module, _, label) in parts.items():  # every key and shape, before reading any weight
             check_state(module_shapes(module), ckpt.shapes(keys[part]), f"{label} of {source}")
@@ -295,11 +302,10 @@ class StableAudioModel:
         ae.set_attention_backend(backend)
         dit.set_attention_backend(backend)
         attach_text_encoder(conditioner, files, text_encoder, device, token=token, offload=bool(offload_text_encoder))
-        if quantize is not None:
-            quantize_model(dit, ae, conditioner.prompt_conditioners()["prompt"].text_encoder.model)
+        apply_tier(tier, dit, ae, conditioner.prompt_conditioners()["prompt"].text_encoder.model)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
         model = cls(Components(conditioner, dit, ae, cfg, device, attention_padding, loras), files)
-        model.quantize = quantize
+        model.precision = tier_name
         if not isinstance(compile, bool):
             raise ValueError(f"compile={compile!r} is invalid; allowed: True, False")
         if compile:
@@ -388,9 +394,9 @@ class StableAudioModel:
     def load_lora(self, paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[int]:
         """Load LoRA files (stacked in order) or LoRAs shipped with the model, by name (`bundled_loras`);
         returns their indices for `set_lora_strength`."""
-        if self.quantize is not None:
-            raise ValueError(f"load_lora: this model was loaded with quantize={self.quantize!r}, whose int8 layers "
-                             "cannot take LoRAs; load it with quantize=None to use LoRAs")
+        if not TIERS[self.precision].takes_loras:
+            raise ValueError(f"load_lora: this model was loaded with precision={self.precision!r}, whose int8 layers "
+                             "cannot take LoRAs; load it with precision='float32' or 'bfloat16' to use LoRAs")
         if isinstance(paths, (str, os.PathLike)):
             paths = [paths]
         from .models.lora import LoraError

@@ -272,8 +272,8 @@ def _lora_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[t
     paths, strengths, indices = args.lora_ckpt_path or [], args.lora_strength or [], args.lora_index or []
     if (strengths or indices) and not paths:
         p.error("--lora-strength/--lora-index need --lora-ckpt-path")
-    if paths and args.quantize:
-        p.error(f"--quantize {args.quantize} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
+    if paths and (args.precision or "").startswith("int8"):
+        p.error(f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
     shipped: dict[str, Path] = {}
     if paths:
         from .loading import bundled_loras, local_model_folder

@@ -31,7 +31,7 @@ from typing import Any
 SAMPLERS = ("pingpong", "euler", "rk4", "dpmpp")
 DEFAULT_SAMPLER = {"rf_denoiser": "pingpong", "rectified_flow": "euler"}
 ATTENTION_PADDING = ("exclude", "zero-values")
-QUANTIZE = ("int8",)
+PRECISIONS = ("auto", "float32", "bfloat16", "float16", "int8", "int8-bf16")  # precision.TIERS + "auto"
 DTYPES = ("float32", "bfloat16", "float16")
 
 SEED_MIN, SEED_MAX = -1, 2**63 - 1
@@ -345,21 +345,26 @@ class LoadOptions:
     attention_padding: str = option("exclude", "exclude: padded latents take no part in attention (training "
                                     "semantics); zero-values: the reference's CPU/MPS numbers",
                                     choices=ATTENTION_PADDING, kind="choice")
-    quantize: str | None = option(None, "int8: CPU fast path for the DiT and autoencoder (no LoRA)",
-                                  choices=QUANTIZE, kind="choice")
+    precision: str | None = option(None, "a precision tier instead of --dtype: float32, bfloat16, float16, int8 "
+                                   "(int8 DiT and decoder blocks, CPU, no LoRA), int8-bf16 (the same, the rest "
+                                   "bfloat16), or auto (the fastest tested on this CPU or GPU)",
+                                   choices=PRECISIONS, kind="choice")
     compile: bool = option(False, "compile the sampling step and the decoder with torch.compile (the first "
                            "generation takes longer; a CUDA graph on GPUs)", kind="flag")
 
     def verify(self) -> LoadOptions:
-        for name in ("dtype", "attention_padding", "quantize"):
+        for name in ("dtype", "attention_padding", "precision"):
             value, choices = getattr(self, name), LOAD_FIELDS[name].metadata["choices"]
             if value is not None and value not in choices:
                 raise OptionError(name, value, f"allowed: {', '.join(map(repr, choices))}")
         if not isinstance(self.compile, bool):
             raise OptionError("compile", self.compile, "allowed: True, False")
-        if self.quantize is not None and self.device not in (None, "cpu"):
-            raise OptionError("quantize", self.quantize, "", f"quantize={self.quantize!r} runs on the CPU only; "
-                              f"got device={self.device!r}")
+        if self.precision is not None and self.dtype is not None:
+            raise OptionError("precision", self.precision, "", f"precision={self.precision!r} sets the dtypes; "
+                              f"it cannot be combined with dtype={self.dtype!r}")
+        if self.int8 and self.device not in (None, "cpu"):
+            raise OptionError("precision", self.precision, "", f"precision={self.precision!r} runs on the CPU "
+                              f"only; got device={self.device!r}")
         return self
 
     @classmethod
@@ -369,16 +374,21 @@ class LoadOptions:
 
     def kwargs(self) -> dict:
         """Keyword arguments of `StableAudioModel.from_pretrained`."""
-        device = self.device or ("cpu" if self.quantize else None)
-        return dict(device=device, dtype=self.dtype, attention_padding=self.attention_padding, quantize=self.quantize,
-                    compile=self.compile)
+        device = self.device or ("cpu" if self.int8 else None)
+        return dict(device=device, dtype=self.dtype, attention_padding=self.attention_padding,
+                    precision=self.precision, compile=self.compile)
+
+    @property
+    def int8(self) -> bool:
+        """An int8 tier: CPU only, no LoRAs."""
+        return self.precision is not None and self.precision.startswith("int8")
 
 
 LOAD_FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(LoadOptions)}
 
 
 def add_load_flags(parser) -> None:
-    """--device, --dtype, --attention-padding, --quantize, --compile on an argparse parser or group, one per
+    """--device, --dtype, --attention-padding, --precision, --compile on an argparse parser or group, one per
     `LoadOptions` field with its default and choices, so every command spells them alike."""
     for name, f in LOAD_FIELDS.items():
         meta = f.metadata

@@ -997,19 +997,18 @@ def test_serve_command_line_defaults_to_localhost() -> None:
         action = actions[name]
         assert action.option_strings == ["--" + name.replace("_", "-")] and action.default == f.default, name
         assert action.choices == f.metadata["choices"], name
-    args = parser.parse_args(["--device", "cpu", "--dtype", "float32", "--attention-padding", "zero-values",
-                              "--quantize", "int8"])
+    args = parser.parse_args(["--device", "cpu", "--attention-padding", "zero-values", "--precision", "int8",
+                              "--compile"])
     config = config_from_args(args)
-    assert (config.device, config.dtype, config.attention_padding, config.quantize) == (
-        "cpu", "float32", "zero-values", "int8")
-    assert config.load_options().kwargs() == {"device": "cpu", "dtype": "float32",
-                                              "attention_padding": "zero-values", "quantize": "int8",
-                                              "compile": False}
-    for argv in (["--dtype", "float64"], ["--attention-padding", "none"], ["--quantize", "int4"]):
+    assert (config.device, config.dtype, config.attention_padding, config.precision, config.compile) == (
+        "cpu", None, "zero-values", "int8", True)
+    assert config.load_options().kwargs() == {"device": "cpu", "dtype": None, "attention_padding": "zero-values",
+                                              "precision": "int8", "compile": True}
+    for argv in (["--dtype", "float64"], ["--attention-padding", "none"], ["--precision", "int4"]):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
     with pytest.raises(ValueError, match="runs on the CPU only"):
-        ServerConfig(device="cuda", quantize="int8")
+        ServerConfig(device="cuda", precision="int8")
 
 
 # -- a real server on a free localhost port, under load ---------------------------------------------

@@ -230,15 +230,15 @@ def test_launch_flags_come_from_the_load_options() -> None:
     parser = ui.build_parser()
     args = parser.parse_args([])
     assert {name: getattr(args, name) for name in LOAD_FIELDS} == dataclasses.asdict(LoadOptions())
-    args = parser.parse_args(["--device", "cpu", "--dtype", "bfloat16", "--attention-padding", "zero-values",
-                              "--quantize", "int8"])
-    assert (args.device, args.dtype, args.attention_padding, args.quantize) == ("cpu", "bfloat16", "zero-values",
-                                                                               "int8")
+    args = parser.parse_args(["--device", "cpu", "--attention-padding", "zero-values", "--precision", "int8",
+                              "--compile"])
+    assert (args.device, args.attention_padding, args.precision, args.compile) == ("cpu", "zero-values", "int8",
+                                                                                 True)
     assert parser.parse_args(["--no-half"]).dtype == "float32"
     with pytest.raises(SystemExit):
         parser.parse_args(["--dtype", "float64"])
     with pytest.raises(SystemExit):
-        ui.main(["--quantize", "int8", "--device", "cuda"])
+        ui.main(["--precision", "int8", "--device", "cuda"])
 
 
 # -- the page -------------------------------------------------------------------------------------

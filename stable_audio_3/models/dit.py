@@ -475,9 +475,11 @@ class DiffusionTransformer(nn.Module):
         synchronisation and no branching on tensor values, so it compiles whole."""
         dtype = self.dtype
         x = x.to(dtype)
-        # t is rounded to the model dtype before the features, as the checkpoints saw it.
-        features = expo_fourier_features(t.to(dtype), self.timestep_features_dim, frequencies=cond.frequencies)
-        global_embed = cond.global_embed + self.to_timestep_embed(features)
+        # t is rounded to the timestep path's dtype before the features: the model dtype, as the
+        # checkpoints saw it, except where a precision tier keeps that path in float32 (bfloat16).
+        t_dtype = self.to_timestep_embed[0].weight.dtype
+        features = expo_fourier_features(t.to(t_dtype), self.timestep_features_dim, frequencies=cond.frequencies)
+        global_embed = cond.global_embed + self.to_timestep_embed(features).to(dtype)
         x = self.preprocess_conv(x) + x
         out = self.transformer(x.transpose(1, 2), global_embed, cond.context_kv, cond.local, padding,
                                self.attention_backend)

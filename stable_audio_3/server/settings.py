@@ -25,7 +25,7 @@ class ServerConfig:
     device: str | None = None  # None: the best available device
     dtype: str | None = None  # the load options, as `stable-audio` and `StableAudioModel.from_pretrained` take them
     attention_padding: str = "exclude"
-    quantize: str | None = None
+    precision: str | None = None
     compile: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
     api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
@@ -63,7 +63,7 @@ class ServerConfig:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; a positive number is required")
         if self.batch_wait_s < 0:
             raise ValueError(f"batch_wait_s={self.batch_wait_s!r} is invalid; a number >= 0 is required")
-        self.load_options()  # an OptionError (a ValueError) for a bad dtype, padding or quantize choice
+        self.load_options()  # an OptionError (a ValueError) for a bad dtype, padding or precision choice
 
     def load_options(self) -> LoadOptions:
         """How every served model is loaded, checked as the CLI checks it."""

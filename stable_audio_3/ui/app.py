@@ -334,8 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         load = LoadOptions.from_namespace(args)
     except OptionError as e:
         parser.error(e.spelled(f"--{e.field.replace('_', '-')}"))
-    if load.quantize and args.lora_ckpt_path:
-        parser.error(f"--quantize {load.quantize} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
+    if load.int8 and args.lora_ckpt_path:
+        parser.error(f"--precision {load.precision} cannot be combined with --lora-ckpt-path "
+                     "(int8 layers take no LoRA)")
     for path in args.lora_ckpt_path or []:
         if not Path(path).is_file():
             parser.error(f"--lora-ckpt-path: file not found: {path}")
