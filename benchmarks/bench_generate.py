@@ -127,24 +127,25 @@ def peak_memory(device: torch.device) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
 
 
-def run(c: Components, seconds: float, batch: int, repeats: int) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Median end-to-end time, and the latents and audio of the same seed."""
-    def once(return_latents: bool = False) -> torch.Tensor:
-        with torch.inference_mode():
-            request = GenerationRequest(prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
-                                        seed=[7] * batch, return_latents=return_latents)
-            out, _ = generate(c, request.resolve(ModelDefaults.from_config(c.config)))
-        if c.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    latents = once(return_latents=True)  # also the warm-up (and the compile)
+def run(c: Components, seconds: float, batch: int, repeats: int) -> float:
+    """Median end-to-end time after one full warm-up (which also compiles what `compile` asked for)."""
+    generate_once(c, seconds, batch)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        audio = once()
+        generate_once(c, seconds, batch)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), latents, audio
+    return statistics.median(times)
+
+
+def generate_once(c: Components, seconds: float, batch: int, return_latents: bool = False) -> torch.Tensor:
+    with torch.inference_mode():
+        request = GenerationRequest(prompt=["a warm analog synth pad, 90 BPM"] * batch, duration=seconds,
+                                    seed=[7] * batch, return_latents=return_latents)
+        out, _ = generate(c, request.resolve(ModelDefaults.from_config(c.config)))
+    if c.device.type == "cuda":
+        torch.cuda.synchronize()
+    return out
 
 
 def gates(reference: Components, c: Components, latents: torch.Tensor, seed: int = 0) -> tuple[float, float]:
@@ -189,9 +190,9 @@ def main() -> None:
             for setting in settings:
                 c = reference if setting == "float32" else build(args.model, device, setting)
                 reset_peak_memory(device)
-                t, latents, _ = run(c, seconds, batch, args.repeats)
-                if base is None:
-                    base = (t, latents)
+                t = run(c, seconds, batch, args.repeats)
+                if base is None:  # the gates' decoder input: the baseline's latents
+                    base = (t, generate_once(c, seconds, batch, return_latents=True))
                 gate = ("-", "-") if setting == "float32" else (f"{x:.1f}" for x in gates(reference, c, base[1]))
                 print(f"| {seconds:g} | {batch} | {setting} | {t:.2f} | {peak_memory(device):.2f} | "
                       f"{seconds * batch / t:.2f} | {base[0] / t:.2f} | {' | '.join(gate)} |", flush=True)

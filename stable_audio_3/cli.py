@@ -267,13 +267,28 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(**values)
 
 
+def _tier_of(args: argparse.Namespace):
+    """The precision tier --precision names ("auto": the one this machine would load)."""
+    from .loading import resolve_device
+    from .precision import TIERS, resolve_precision
+
+    return TIERS[resolve_precision(args.precision, resolve_device(args.device))]
+
+
 def _lora_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, float]]:
     """LoRA names or files and their strengths, paired: [(name, strength), ...] in load order."""
     paths, strengths, indices = args.lora_ckpt_path or [], args.lora_strength or [], args.lora_index or []
     if (strengths or indices) and not paths:
         p.error("--lora-strength/--lora-index need --lora-ckpt-path")
-    if paths and (args.precision or "").startswith("int8"):
-        p.error(f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
+    if paths and args.precision:
+        try:
+            int8 = _tier_of(args).int8
+        except ValueError as e:
+            p.error(str(e))
+        if int8:
+            p.error(f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no "
+                    "LoRA; on this machine 'auto' is an int8 tier)" if args.precision == "auto" else
+                    f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
     shipped: dict[str, Path] = {}
     if paths:
         from .loading import bundled_loras, local_model_folder

@@ -180,6 +180,8 @@ def test_lora_flags_reach_the_model(tmp_path: Path, capsys: pytest.CaptureFixtur
          "stable-audio: error: --lora-configs[0].lora_index=-1 is invalid; an integer >= 0 is required\n"),
         (["--precision", "int8", "--device", "cuda"],
          "stable-audio: error: --precision='int8' runs on the CPU only; got --device='cuda'\n"),
+        (["--precision", "int8", "--lora-ckpt-path", "x.safetensors"],
+         "--precision int8 cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)"),
         (["--precision", "bfloat16", "--dtype", "float32"],
          "stable-audio: error: --precision='bfloat16' sets the dtypes; it cannot be combined with --dtype='float32'\n"),
         (["-o", "x.aiff"], "-o/--output: unsupported extension '.aiff'"),

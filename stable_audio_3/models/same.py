@@ -6,7 +6,9 @@ Data flow: patching (256 samples x 2 channels -> 512 features) -> transformer re
 shift half way up the stack; SAME-L attends inside a +-17 token band over the whole sequence.
 
 Random draws (bottleneck dither, decoder mask noise) come from torch's global generator in the
-reference's order, so `torch.manual_seed(s)` reproduces the reference's decode.
+reference's order, so `torch.manual_seed(s)` reproduces the reference's decode. The chunked decode
+makes every chunk's draws in that order too, but runs the decoder once over all the chunks' kept
+spans (plus a few latents of context where needed) instead of once per overlapping chunk.
 """
 
 from __future__ import annotations
@@ -120,8 +122,14 @@ class SAMEBlock(nn.Module):
         self.rope = nn.Module()
         self.rope.register_buffer("inv_freq", inv_freq)
 
-    def forward(self, x: torch.Tensor, window: tuple[int, int] | None, backend: str) -> torch.Tensor:
-        angles = rope_angles(self.rope.inv_freq, x.shape[-2])
+    def forward(self, x: torch.Tensor, window: tuple[int, int] | None, backend: str,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions`: the RoPE position of each token (default 0..N-1)."""
+        if positions is None:
+            angles = rope_angles(self.rope.inv_freq, x.shape[-2])
+        else:  # the same float32 products rope_angles makes for these positions
+            freqs = torch.outer(positions.to(self.rope.inv_freq.device, torch.float32), self.rope.inv_freq.float())
+            angles = torch.cat((freqs, freqs), dim=-1)
         x = x + self.self_attn(self.pre_norm(x), angles, window, backend)
         return x + self.ff(self.ff_norm(x))
 
@@ -171,10 +179,29 @@ class ResamplingBlock(nn.Module):
         # Chunked attention unit: chunk_size positions plus their learned tokens (34 for SAME-S).
         self.attn_chunk = chunk_size + chunk_size // stride
 
-    def _run_stack(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def latent_grid(self) -> int:
+        """Latents per attention chunk: a decode that starts at a multiple of it sees the same chunks."""
+        return 1 if self.window is not None else self.chunk_size // self.stride
+
+    def latent_reach(self) -> int:
+        """Decoder: how far (in latents) an output latent's inputs and noise can lie from it.
+
+        Band attention reaches `depth * window` tokens; chunked attention reaches the rest of a
+        chunk per stage (two stages with the midpoint shift, latent-aligned when a chunk holds an
+        even number of latents); a kernel-3 output conv adds one latent. SAME-S: 3, SAME-L: 12.
+        """
+        conv = self.mapping.weight_v.shape[-1] // 2
+        if self.window is not None:
+            return -(-self.depth * max(self.window) // self.sub_chunk) + conv
+        grid = self.latent_grid()
+        if not self.midpoint_shift:
+            return grid - 1 + conv
+        return 2 * (grid - 1 if grid % 2 == 0 else grid) + conv
+
+    def _run_stack(self, x: torch.Tensor, backend: str, positions: torch.Tensor | None = None) -> torch.Tensor:
         if self.window is not None:
             for block in self.transformers:
-                x = block(x, self.window, backend)
+                x = block(x, self.window, backend, positions)
             return x
         b = x.shape[0]
         c = self.attn_chunk
@@ -194,7 +221,8 @@ class ResamplingBlock(nn.Module):
         return x.reshape(b, -1, x.shape[-1])[:, shift:-shift]
 
     def forward(self, x: torch.Tensor, noise: bool = True, backend: str = "auto",
-                rng: NoiseSource = GLOBAL) -> torch.Tensor:
+                rng: NoiseSource = GLOBAL, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`positions` (decoder, band attention): each latent's RoPE position (default 0..T-1)."""
         b = x.shape[0]
         if self.kind == "encoder":
             x = pad_to_multiple(x, self.chunk_size if self.window is None else self.stride, dim=-1)
@@ -212,7 +240,10 @@ class ResamplingBlock(nn.Module):
         if self.mask_noise > 0 and noise:
             tokens = tokens + rng.randn_like(tokens) * self.mask_noise
         x = torch.cat([x, tokens.to(x.dtype)], dim=1).reshape(b, groups * self.sub_chunk, d)
-        x = self._run_stack(x, backend)
+        if positions is not None:
+            offsets = torch.arange(self.sub_chunk, device=positions.device)
+            positions = (positions[:, None] * self.sub_chunk + offsets).flatten()
+        x = self._run_stack(x, backend, positions)
         x = x.reshape(b, groups, self.sub_chunk, d)[:, :, -new_count:]
         x = x.reshape(b, groups * new_count, d).transpose(1, 2)
         if self.kind == "decoder":
@@ -279,9 +310,9 @@ class SAMEDecoder(nn.Module):
         ])
 
     def forward(self, z: torch.Tensor, noise: bool = True, backend: str = "auto",
-                rng: NoiseSource = GLOBAL) -> torch.Tensor:
+                rng: NoiseSource = GLOBAL, positions: torch.Tensor | None = None) -> torch.Tensor:
         x = self.layers[1](z.transpose(1, 2)).transpose(1, 2)
-        return self.layers[3](x, noise=noise, backend=backend, rng=rng)
+        return self.layers[3](x, noise=noise, backend=backend, rng=rng, positions=positions)
 
 
 class SoftNormBottleneck(nn.Module):
@@ -346,10 +377,14 @@ class SAMEAutoencoder(nn.Module):
         x = self.encoder(x, backend=self.attention_backend)
         return self.bottleneck.encode(x)
 
-    def decode(self, latents: torch.Tensor, noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
-        """(B, latent_dim, T) -> (B, C, T' * 4096) audio in one pass (T' = T, or even for SAME-S)."""
+    def decode(self, latents: torch.Tensor, noise: bool = True, rng: NoiseSource = GLOBAL,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, latent_dim, T) -> (B, C, T' * 4096) audio in one pass (T' = T, or even for SAME-S).
+
+        `positions` (SAME-L): each latent's RoPE position, default 0..T-1.
+        """
         x = self.bottleneck.decode(latents, noise=noise, rng=rng)
-        x = self.decoder(x, noise=noise, backend=self.attention_backend, rng=rng)
+        x = self.decoder(x, noise=noise, backend=self.attention_backend, rng=rng, positions=positions)
         b, _, length = x.shape
         x = x.reshape(b, self.audio_channels, self.patch_size, length).permute(0, 1, 3, 2)
         return x.reshape(b, self.audio_channels, length * self.patch_size)
@@ -368,16 +403,122 @@ class SAMEAutoencoder(nn.Module):
         return stitch(chunks, out_starts, total // hop, chunk_size, overlap // 2)
 
     def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
-                     overlap: int = 32, noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
-        """Decode, optionally in overlapping chunks; each chunk makes its own noise draws."""
+                     overlap: int = 32, noise: bool = True, rng: NoiseSource = GLOBAL,
+                     chunks_per_pass: int = 8) -> torch.Tensor:
+        """Decode, optionally in chunks of `chunk_size` latents overlapping by `overlap`.
+
+        The result is that of `decode_overlapping` (every chunk decoded on its own, with its own
+        draws in chunk order, stitched by hard cuts), but each latent is decoded about once: the
+        decoder's reach is far shorter than the trim at a chunk's inner edge, so decoding the
+        chunks' kept spans side by side in one pass, each with its own chunk's draws, gives the
+        same audio. A span carries `latent_reach` latents of extra context on a side whose
+        neighbour was decoded differently (other draws, another attention-chunk grid, other RoPE
+        positions, another pass): 8 latents a boundary for SAME-S with noise (none without), 24
+        for SAME-L. A pass holds at most `chunks_per_pass` chunks, so memory stays bounded
+        however long the audio. Where a trim is shorter than the reach, chunk edges show in the
+        kept audio and the overlapping chunks are decoded as before.
+        """
+        if chunks_per_pass < 1:
+            raise ValueError(f"chunks_per_pass={chunks_per_pass} is invalid; a positive integer")
         total = latents.shape[-1]
         if not chunked or total < chunk_size:
+            return self.decode(latents, noise=noise, rng=rng)
+        block = self.decoder.layers[3]
+        grid, reach = block.latent_grid(), block.latent_reach()
+        if chunk_size % grid or overlap // 2 < reach:
+            return self.decode_overlapping(latents, chunk_size, overlap, noise, rng)
+        starts = chunk_starts(total, chunk_size, chunk_size - overlap)
+        dither = noise and self.bottleneck.noise_regularize
+        mask = noise and block.mask_noise > 0
+        spans = decode_spans(starts, total, chunk_size, overlap // 2, grid, reach, chunks_per_pass,
+                             context_always=dither or mask or block.window is not None)
+        b, device, hop = latents.shape[0], latents.device, self.downsampling_ratio
+        chunks, kept = list(zip(starts, spans, strict=True)), []
+        for first in range(0, len(chunks), chunks_per_pass):
+            group = chunks[first : first + chunks_per_pass]
+            index, positions, dithers, masks = [], [], [], []
+            for s, (lo, hi, _, _) in group:
+                # This chunk's draws, exactly as decode() makes them for latents[..., s : s + chunk_size].
+                if dither:
+                    drawn = rng.randn_like(latents[..., s : s + chunk_size] * self.bottleneck.running_std)
+                    dithers.append(drawn[..., lo - s : hi - s])
+                if mask:
+                    tokens = block.new_tokens.expand(b * chunk_size, block.stride, block.new_tokens.shape[-1])
+                    masks.append(rng.randn_like(tokens).unflatten(0, (b, chunk_size))[:, lo - s : hi - s])
+                index.append(torch.arange(lo, hi, device=device))
+                positions.append(torch.arange(lo - s, hi - s, device=device))
+            draws = [torch.cat(dithers, dim=-1)] if dither else []
+            if mask:
+                draws.append(torch.cat(masks, dim=1).flatten(0, 1))
+            audio = self.decode(latents[..., torch.cat(index)], noise=noise, rng=ReplayNoise(draws),
+                                positions=torch.cat(positions))
+            offset = 0
+            for _, (lo, hi, keep_lo, keep_hi) in group:
+                kept.append(audio[..., (offset + keep_lo - lo) * hop : (offset + keep_hi - lo) * hop])
+                offset += hi - lo
+        return torch.cat(kept, dim=-1)
+
+    def decode_overlapping(self, latents: torch.Tensor, chunk_size: int = 128, overlap: int = 32,
+                           noise: bool = True, rng: NoiseSource = GLOBAL) -> torch.Tensor:
+        """The reference's chunked decode: one decoder pass per overlapping chunk, hard-cut stitched."""
+        total = latents.shape[-1]
+        if total < chunk_size:
             return self.decode(latents, noise=noise, rng=rng)
         starts = chunk_starts(total, chunk_size, chunk_size - overlap)
         chunks = [self.decode(latents[..., s : s + chunk_size], noise=noise, rng=rng) for s in starts]
         hop = self.downsampling_ratio
         out_starts = [s * hop for s in starts]
         return stitch(chunks, out_starts, total * hop, chunk_size * hop, (overlap // 2) * hop)
+
+
+class ReplayNoise(NoiseSource):
+    """Hands out pre-drawn tensors, in order, in place of new draws of the same shapes."""
+
+    def __init__(self, draws: list[torch.Tensor]):
+        super().__init__()
+        self.draws = list(draws)
+
+    def randn(self, shape: tuple[int, ...] | torch.Size, device: torch.device | str,
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if not self.draws or tuple(self.draws[0].shape) != tuple(shape):
+            raise RuntimeError(f"replayed noise does not match the draw of shape {tuple(shape)}")
+        return self.draws.pop(0).to(device=device, dtype=dtype)
+
+
+def decode_spans(starts: list[int], total: int, size: int, trim: int, grid: int, reach: int,
+                 chunks_per_pass: int, context_always: bool) -> list[tuple[int, int, int, int]]:
+    """Per chunk (lo, hi, keep_lo, keep_hi): decode latents [lo, hi), keep [keep_lo, keep_hi).
+
+    The kept spans are what `stitch` keeps of each chunk (it writes [start + trim, start + size -
+    trim), the ends untrimmed; later chunks overwrite earlier ones); together they tile [0, total).
+    At a boundary the decoded spans overlap by `reach` latents of context each way, rounded out to
+    the chunk's attention grid, unless neither side needs it: `context_always` false, both chunks
+    in the same pass (chunks i and i + 1 are unless i + 1 is a multiple of `chunks_per_pass`) and
+    the boundary on both chunks' grids; there the spans simply abut and the pass sees the plain
+    sequence. Spans never leave their chunk, so context cut short is the chunk's own edge, as before.
+    """
+    last = len(starts) - 1
+    keep_lo = [s + (0 if i == 0 else trim) for i, s in enumerate(starts)]
+    keep_hi = [min(s + (size if i == last else size - trim), keep_lo[i + 1] if i < last else total)
+               for i, s in enumerate(starts)]
+    if any(keep_hi[i] != keep_lo[i + 1] for i in range(last)) or keep_hi[last] != total:
+        raise AssertionError(f"chunks {starts} do not tile {total} latents")
+
+    def plain(edge: int, left: int) -> bool:  # the boundary between chunks `left` and `left + 1`
+        return (not context_always and (left + 1) % chunks_per_pass != 0
+                and (edge - starts[left]) % grid == 0 and (edge - starts[left + 1]) % grid == 0)
+
+    spans = []
+    for i, s in enumerate(starts):
+        lo, hi = s, s + size
+        if i > 0:
+            context = 0 if plain(keep_lo[i], i - 1) else reach
+            lo = s + max(0, (keep_lo[i] - context - s) // grid * grid)
+        if i < last:
+            context = 0 if plain(keep_hi[i], i) else reach
+            hi = s + min(size, -(-(keep_hi[i] + context - s) // grid) * grid)
+        spans.append((lo, hi, keep_lo[i], keep_hi[i]))
+    return spans
 
 
 def chunk_starts(total: int, size: int, hop: int) -> list[int]:
