@@ -69,6 +69,5 @@ def compile_components(c, mode: str | None = None) -> str:
 
 def compile_decoder(autoencoder) -> None:
     """Regional compile of the SAME decoder's transformer blocks (one graph for the stack)."""
-    for layer in autoencoder.decoder.layers:
-        for block in getattr(layer, "transformers", ()):
-            block.compile(fullgraph=True)
+    for block in autoencoder.decoder_blocks():
+        block.compile(fullgraph=True)

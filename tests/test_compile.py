@@ -180,12 +180,12 @@ def test_durations_of_one_bucket_share_one_graph() -> None:
     assert counting.graphs == 1
 
 
-def test_lora_loaded_and_reweighted_after_compilation() -> None:
+def check_lora_after_compilation(eager_m: StableAudioModel, compiled_m: StableAudioModel, tol: float) -> None:
+    """A LoRA loaded, re-weighted and unloaded after compilation: compiled equals eager throughout."""
     lora = load_case(FIXTURE, "lora_a_strength1_latents")
     files = [lora.dir / f for f in lora.args["lora_files"]]
     kwargs = dict(prompt="lofi house loop", duration=1.5, seed=3, steps=4)
-    eager_m, compiled_m = model(), compiled("regional")
-    plain = compiled_m.generate(**kwargs)
+    plain = compiled_m.generate(**kwargs)  # compiled (and on CUDA captured) before any LoRA
     for m in (eager_m, compiled_m):
         m.load_lora(files)
     try:
@@ -193,11 +193,15 @@ def test_lora_loaded_and_reweighted_after_compilation() -> None:
             for m in (eager_m, compiled_m):
                 m.set_lora_strength(strength)
             eager, out = eager_m.generate(**kwargs), compiled_m.generate(**kwargs)
-            assert rel(out, eager) <= 1e-4 and rel(out, plain) > 1e-3
+            assert rel(out, eager) <= tol and rel(out, plain) > 1e-3
     finally:
         for m in (eager_m, compiled_m):
             m.unload_lora()
     assert rel(compiled_m.generate(**kwargs), plain) <= 1e-5  # unloaded: back to the plain model
+
+
+def test_lora_loaded_and_reweighted_after_compilation() -> None:
+    check_lora_after_compilation(model(), compiled("regional"), 1e-4)
 
 
 def test_bucket_lengths() -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 from golden import FIXTURES, all_cases, assert_close, load_case
-from test_compile import COMPILE_CASES, rel, run_length
+from test_compile import COMPILE_CASES, check_lora_after_compilation, rel, run_length
 from test_generate import SEMANTICS, _audio_arg
 from torch._dynamo.utils import counters
 
@@ -150,23 +150,7 @@ def test_compiled_equals_eager(name: str) -> None:
 
 
 def test_compiled_lora_loaded_and_reweighted_after_compilation() -> None:
-    lora = load_case(FIXTURE, LORA_CASE)
-    files = [lora.dir / f for f in lora.args["lora_files"]]
-    kwargs = dict(prompt="lofi house loop", duration=1.5, seed=3, steps=4)
-    eager_m, compiled_m = eager(), compiled()
-    plain = compiled_m.generate(**kwargs)  # compiled and captured before any LoRA
-    for m in (eager_m, compiled_m):
-        m.load_lora(files)
-    try:
-        for strength in (1.0, 0.4):
-            for m in (eager_m, compiled_m):
-                m.set_lora_strength(strength)
-            ref, out = eager_m.generate(**kwargs), compiled_m.generate(**kwargs)
-            assert rel(out, ref) <= COMPILED_TOL and rel(out, plain) > 1e-3
-    finally:
-        for m in (eager_m, compiled_m):
-            m.unload_lora()
-    assert rel(compiled_m.generate(**kwargs), plain) <= 1e-5  # unloaded: back to the plain model
+    check_lora_after_compilation(eager(), compiled(), COMPILED_TOL)
 
 
 def test_compiled_float16_equals_eager() -> None:

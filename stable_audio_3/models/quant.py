@@ -86,7 +86,4 @@ def quantize_model(dit: nn.Module, autoencoder: nn.Module) -> int:
         raise RuntimeError("the int8 precision tiers need PyTorch's CPU int8 matrix multiply "
                            "(torch._int_mm), absent from this build; use precision='bfloat16' or 'float32'")
     converted = quantize_linears(dit.transformer.layers, DIT_KEPT_FLOAT)
-    for layer in autoencoder.decoder.layers:
-        for block in getattr(layer, "transformers", ()):
-            converted += quantize_linears(block)
-    return converted
+    return converted + sum(quantize_linears(block) for block in autoencoder.decoder_blocks())

@@ -365,6 +365,10 @@ class SAMEAutoencoder(nn.Module):
         self.bottleneck = SoftNormBottleneck(**cfg["bottleneck"]["config"])
         self.attention_backend = "auto"
 
+    def decoder_blocks(self) -> list[SAMEBlock]:
+        """The decoder's transformer blocks (what the int8 tiers convert and `compile` compiles)."""
+        return [block for layer in self.decoder.layers for block in getattr(layer, "transformers", ())]
+
     def set_attention_backend(self, backend: str | None) -> None:
         self.attention_backend = check_backend(backend)
 
