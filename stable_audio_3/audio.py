@@ -12,6 +12,7 @@ import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -126,19 +127,65 @@ def pad_or_crop(audio: torch.Tensor, length: int) -> torch.Tensor:
     return out
 
 
-def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
-    """Read a file (wav, flac, ogg, mp3 through libsndfile) -> ((C, T) float32, sample rate)."""
+MIN_INPUT_RATE = 1_000
+MAX_INPUT_RATE = 768_000
+MAX_INPUT_CHANNELS = 8
+MAX_INPUT_VALUES = 1_000 * 192_000 * 2  # samples x channels: 1000 s of 192 kHz stereo (1.5 GB as float32)
+
+
+class AudioTooLarge(ValueError):
+    """The input decodes to more samples x channels than allowed (found in the header or while decoding)."""
+
+
+def read_audio(source: str | os.PathLike | BinaryIO, max_values: int = MAX_INPUT_VALUES,
+               name: str | None = None) -> tuple[torch.Tensor, int]:
+    """Read a file or file object (wav, flac, ogg, mp3 through libsndfile) -> ((C, T) float32, rate).
+
+    Bounded before and during decoding: the header's rate (1 kHz..768 kHz), channels (1..8) and
+    frames x channels are checked first, then the decode stops as soon as it passes `max_values`
+    (a header may lie, or report no length)."""
     import soundfile as sf
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"audio file not found: {path}")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        name = name or str(path)
+        if path.is_dir():
+            raise ValueError(f"{name}: is a folder; an audio file (wav, flac, ogg or mp3) is required")
+        if not path.is_file():
+            raise FileNotFoundError(f"audio file not found: {path}")
+        opened = str(path)
+    else:
+        name, opened = name or "audio", source
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        f = sf.SoundFile(opened)
     except Exception as e:  # soundfile raises its own error types
-        raise ValueError(f"could not read audio file {path}: {e}") from e
-    audio = torch.from_numpy(data.T.copy())
-    check_audio_values(audio, str(path))
+        raise ValueError(f"{name}: not a readable audio file (wav, flac, ogg or mp3): {e}") from e
+    with f:
+        sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        if not MIN_INPUT_RATE <= sr <= MAX_INPUT_RATE:
+            raise ValueError(f"{name}: sample rate {sr} Hz is not supported; "
+                             f"{MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz is allowed")
+        if not 1 <= channels <= MAX_INPUT_CHANNELS:
+            raise ValueError(f"{name}: {channels} channels; 1 to {MAX_INPUT_CHANNELS} are allowed")
+        too_large = (f"{name}: decodes to more than {max_values} samples x channels "
+                     f"({max_values / channels / sr:.1f} s at {sr} Hz, {channels} channels); that is the limit")
+        if 0 < frames and frames * channels > max_values:
+            raise AudioTooLarge(too_large)
+        limit = max_values // channels
+        blocks, total = [], 0
+        try:
+            for block in f.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                total += block.shape[0]
+                if total > limit:
+                    raise AudioTooLarge(too_large)
+                blocks.append(block)
+        except AudioTooLarge:
+            raise
+        except Exception as e:
+            raise ValueError(f"{name}: the audio could not be decoded: {e}") from e
+    data = np.concatenate(blocks) if blocks else np.zeros((0, channels), np.float32)
+    audio = torch.from_numpy(np.ascontiguousarray(data.T))
+    check_audio_values(audio, name)
     return audio, sr
 
 
