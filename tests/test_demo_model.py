@@ -10,12 +10,15 @@ the UI and the server all use when a call names none; inpainting and continuatio
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from stable_audio_3 import StableAudioModel
+from stable_audio_3 import StableAudioModel, vocabulary
 from training.demo import evaluate as ev
 
 DEMO = Path(__file__).resolve().parents[1] / "stable_audio_3" / "assets" / "demo"
@@ -67,6 +70,48 @@ def test_pitch_prompts_hit_the_named_pitch(recommended):
     scores = ev.pitch_scores(recommended)
     misses = [r for r in scores["rows"] if not r["ok"]]
     assert scores["hit_rate"] >= 0.9, f"hit rate {scores['hit_rate']:.2f}; misses: {misses}"
+
+
+def test_hz_prompts_hit_the_named_frequency(recommended):
+    """Frequencies in Hz reach the model as note words (the tokenizer's `frequency_to_note`)."""
+    hz = [f for _, f in ev.HZ_PROMPTS]
+    assert len(ev.HZ_PROMPTS) >= 12 and min(hz) >= 180 and max(hz) <= 2000
+    assert len({p.replace(str(round(f)), "{}") for p, f in ev.HZ_PROMPTS}) >= 5  # several phrasings
+    scores = ev.pitch_scores(recommended, prompts=ev.HZ_PROMPTS)
+    misses = [r for r in scores["rows"] if not r["ok"]]
+    assert scores["hit_rate"] >= 0.9, f"hit rate {scores['hit_rate']:.2f}; misses: {misses}"
+
+
+def test_drums_left_the_vocabulary_and_the_card(model):
+    """The shipped model renders no drums (issue 22: no beat at its tempo, no audible hit), so its
+    vocabulary and card leave them out, and a drum prompt warns instead of failing quietly."""
+    unknown = vocabulary.unknown_words(model, "drum beat 120 bpm, kick drum, snare drum, hihat")
+    assert [w for w, _ in unknown] == ["drum", "beat", "120", "bpm", "kick", "snare", "hihat"]
+    card = (DEMO / "MODEL_CARD.md").read_text()
+    listed = card.split("## Prompt vocabulary")[1].split("\n## ")[0]
+    assert not [w for w in ("drum", "kick", "snare", "hihat", "bpm") if w in listed.lower()]
+    assert "drum" not in card.split("**What it does well**")[1].split("**Where it falls short**")[0]
+
+
+def test_unknown_words_warn_once_per_generate_call(model, caplog):
+    fast = dict(ev.EIGHT_STEPS_CFG_1, steps=2, duration=1.0, seed=0)
+    with caplog.at_level(logging.WARNING, logger="stable_audio_3"):
+        model.generate(["whte noise", "lofi house loop", "whte noise"], **fast)
+        model.generate("a sine tone at 440 Hz", **fast)  # every word known (or a filler word): no warning
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    for part in ("'whte' (nearest known: white)", "'lofi' (no similar known word)", "'house' (nearest known: noise)"):
+        assert part in warnings[0]
+
+
+def test_the_cli_prints_the_unknown_word_warning(tmp_path):
+    out = tmp_path / "out.wav"
+    args = ["-p", "whte noise", "--model", "demo", "--steps", "2", "--duration", "1", "-q", "-o", str(out)]
+    result = subprocess.run([sys.executable, "-m", "stable_audio_3.cli", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "does not know" in line]
+    assert len(lines) == 1 and "'whte' (nearest known: white)" in lines[0], result.stderr
+    assert out.is_file()
 
 
 def test_silence_and_noise_prompts_differ_in_level(recommended):

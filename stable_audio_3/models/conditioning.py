@@ -14,8 +14,12 @@ checkpoint, is not cast by `.half()` and runs in the dtype of its weight file (b
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Mapping, Sequence
+import logging
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,105 @@ from .t5gemma import T5GemmaEncoder
 T5GEMMA_MODEL_DIMS = {"google/t5gemma-b-b-ul2": 768}
 # What transformers' GemmaTokenizer does when tokenizer_config.json is silent.
 GEMMA_TOKENIZER_DEFAULTS = {"add_bos_token": True, "add_eos_token": False, "padding_side": "left"}
+
+log = logging.getLogger(__name__)
+
+
+# -- prompt vocabulary -----------------------------------------------------------------------------
+
+# A note word: letter, optional sharp or flat, octave ("a4", "c#3", "bb2").
+NOTE_WORD = re.compile(r"^([a-g])(#|b)?(\d)$")
+SEMITONES = {"c": 0, "d": 2, "e": 4, "f": 5, "g": 7, "a": 9, "b": 11}
+# A frequency as people type it: "440 Hz", "440hz", "1.5 kHz", "1,000 hertz".
+FREQUENCY = re.compile(
+    r"(?<![\w.,#])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)\s*(khz|kilohertz|hz|hertz)(?![\w#])", re.IGNORECASE
+)
+
+
+def note_hz(word: str) -> float | None:
+    """Equal-tempered pitch of a note word (A4 = 440 Hz); None if `word` is not one."""
+    m = NOTE_WORD.match(word)
+    if m is None:
+        return None
+    letter, accidental, octave = m.groups()
+    midi = SEMITONES[letter] + {"#": 1, "b": -1, None: 0}[accidental] + 12 * (int(octave) + 1)
+    return 440.0 * 2.0 ** ((midi - 69) / 12)
+
+
+class FrequencyToNote:
+    """Rewrites "440 Hz" as a note word of the vocabulary ("a4"), for a model that knows pitches by note.
+
+    A frequency is rewritten only inside the vocabulary's note range (within `max_deviation` of a
+    known note's pitch); others stay as typed, so they count as unknown words and the user hears of
+    them. `frame_hz`: the model plays a note on the multiple of frame_hz nearest to it (the demo's
+    frame-locked tones); then of the notes within a semitone the one *heard* nearest is chosen.
+    """
+
+    def __init__(self, words: Iterable[str], max_deviation: float = 0.03, frame_hz: float | None = None):
+        notes: dict[float, str] = {}
+        for word in sorted(words, key=lambda w: ("b" in w[1:], w)):  # one spelling per pitch: sharps first
+            hz = note_hz(word)
+            if hz is not None:
+                notes.setdefault(round(hz, 6), word)
+        if not notes:
+            raise ValueError("frequency_to_note: the vocabulary has no note words (like 'a4') to map to")
+        self.notes = sorted(notes.items())
+        self.max_deviation = max_deviation
+        self.frame_hz = frame_hz
+
+    def heard(self, note: float) -> float:
+        return round(note / self.frame_hz) * self.frame_hz if self.frame_hz else note
+
+    def nearest(self, hz: float) -> tuple[str, float]:
+        """The known note word nearest to `hz` in pitch and its relative deviation from it."""
+        note, word = min(self.notes, key=lambda item: abs(math.log(item[0] / hz)))
+        return word, abs(note - hz) / hz
+
+    def choose(self, hz: float) -> str | None:
+        """The note word to play for `hz`, or None outside the vocabulary's note range."""
+        word, deviation = self.nearest(hz)
+        if deviation > self.max_deviation:
+            return None
+        semitone = math.log(2) / 12 + 1e-9
+        near = [(note, w) for note, w in self.notes if abs(math.log(note / hz)) <= semitone]
+        return min(near, key=lambda item: abs(math.log(self.heard(item[0]) / hz)))[1] if near else word
+
+    @staticmethod
+    def hz(match: re.Match) -> float:
+        value = float(match.group(1).replace(",", ""))
+        return value * (1000.0 if match.group(2).lower().startswith("k") else 1.0)
+
+    def __call__(self, text: str) -> str:
+        def replace(match: re.Match) -> str:
+            hz = self.hz(match)
+            word = self.choose(hz) if hz > 0 else None
+            return word or match.group(0)
+
+        return FREQUENCY.sub(replace, text)
+
+    def unmapped(self, text: str) -> list[tuple[str, list[str]]]:
+        """Frequencies in `text` outside the note range, each with the nearest note word."""
+        out = []
+        for match in FREQUENCY.finditer(text):
+            hz = self.hz(match)
+            if hz <= 0:
+                out.append((match.group(0), []))
+            elif self.choose(hz) is None:
+                out.append((match.group(0), [self.nearest(hz)[0]]))
+        return out
+
+
+def describe_unknown_words(pairs: Sequence[tuple[str, Sequence[str]]]) -> str:
+    """One line for a user: the prompt words the model cannot read and the nearest ones it can."""
+    if not pairs:
+        return ""
+    parts = []
+    for word, near in pairs:
+        parts.append(f"'{word}' (nearest known: {', '.join(near)})" if near else f"'{word}' (no similar known word)")
+    return (
+        f"the prompt has words this model's vocabulary does not know, so it cannot follow them: {'; '.join(parts)}. "
+        "Its model card lists the words it knows."
+    )
 
 
 # -- tokenizer ------------------------------------------------------------------------------------
@@ -48,6 +151,13 @@ class PromptTokenizer:
     The BOS/EOS template is rebuilt from `add_bos_token` / `add_eos_token` in tokenizer_config.json
     (transformers does the same, whatever post-processor tokenizer.json carries). Every prompt is
     truncated to `max_length` tokens, special tokens included, and padded to exactly `max_length`.
+
+    A WordLevel tokenizer has a *closed* vocabulary: a word outside its list becomes the unknown
+    token, and the model cannot follow it, so each call logs one warning naming such words. Two
+    optional tokenizer_config.json settings rewrite prompts first (the built-in demo uses both):
+    `"frequency_to_note": {"max_deviation": 0.03, "frame_hz": ...}` turns "440 Hz" into a note
+    word of the vocabulary ("a4", see `FrequencyToNote`), and `"ignored_words": [...]` drops filler
+    words ("a", "at", "the") that carry nothing for the model.
     """
 
     def __init__(self, tokenizer_file: str | Path, tokenizer_config: dict, max_length: int):
@@ -60,6 +170,7 @@ class PromptTokenizer:
         self.add_eos = bool(settings["add_eos_token"])
         self.padding_side = settings["padding_side"]
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._setup_vocabulary(settings)
 
         def token_id(name: str, default: str) -> tuple[str, int]:
             text = _token_text(settings.get(name)) or default
@@ -79,6 +190,59 @@ class PromptTokenizer:
             direction=self.padding_side, pad_id=self.pad_id, pad_token=pad_text, length=max_length
         )
 
+    def _setup_vocabulary(self, settings: dict) -> None:
+        from tokenizers.models import WordLevel
+
+        self.closed_vocabulary = isinstance(self.tokenizer.model, WordLevel)
+        specials = {t.content for t in self.tokenizer.get_added_tokens_decoder().values()}
+        vocab = self.tokenizer.get_vocab(with_added_tokens=False)
+        self.known_words = sorted(w for w in vocab if w not in specials) if self.closed_vocabulary else []
+        self.ignored_words = frozenset(w.lower() for w in settings.get("ignored_words", []))
+        rule = settings.get("frequency_to_note")
+        self.frequency_to_note = None
+        if rule is not None:
+            if not isinstance(rule, dict) or set(rule) - {"max_deviation", "frame_hz"}:
+                allowed = "{'max_deviation': <fraction, e.g. 0.03>, 'frame_hz': <Hz, optional>}"
+                raise ValueError(f"tokenizer_config.json: frequency_to_note {rule!r}; expected {allowed}")
+            frame_hz = rule.get("frame_hz")
+            self.frequency_to_note = FrequencyToNote(
+                vocab, float(rule.get("max_deviation", 0.03)), None if frame_hz is None else float(frame_hz)
+            )
+
+    def _words(self, text: str) -> list[tuple[str, str]]:
+        """(word as the vocabulary sees it, word as typed) for each word of `text`."""
+        normalizer, pre = self.tokenizer.normalizer, self.tokenizer.pre_tokenizer
+        normal = normalizer.normalize_str(text) if normalizer is not None else text
+        if pre is None:
+            return [(w, w) for w in normal.split()]
+        pieces = pre.pre_tokenize_str(normal)
+        same = len(normal) == len(text)  # lower-casing kept the offsets: report the word as typed
+        return [(w, text[a:b] if same else w) for w, (a, b) in pieces]
+
+    def normalize(self, prompt: str) -> str:
+        """The prompt the vocabulary reads: frequencies as note words, filler words dropped."""
+        if self.frequency_to_note is not None:
+            prompt = self.frequency_to_note(prompt)
+        if self.ignored_words:
+            prompt = " ".join(typed for word, typed in self._words(prompt) if word not in self.ignored_words)
+        return prompt
+
+    def unknown_words(self, prompt: str) -> list[tuple[str, list[str]]]:
+        """Words of `prompt` a closed vocabulary does not know, as typed, each with up to three
+        similar known words; a frequency no known note is near counts as one word. [] when open."""
+        if not self.closed_vocabulary:
+            return []
+        out: list[tuple[str, list[str]]] = []
+        if self.frequency_to_note is not None:
+            out = self.frequency_to_note.unmapped(prompt)
+            prompt = FREQUENCY.sub(" ", prompt)
+        seen = {word.lower() for word, _ in out}
+        for word, typed in self._words(self.normalize(prompt)):
+            if self.tokenizer.token_to_id(word) is None and word not in self.ignored_words and word not in seen:
+                seen.add(word)
+                out.append((typed, difflib.get_close_matches(word, self.known_words, n=3, cutoff=0.6)))
+        return out
+
     @classmethod
     def from_dir(cls, folder: str | Path, max_length: int) -> PromptTokenizer:
         folder = Path(folder)
@@ -87,8 +251,18 @@ class PromptTokenizer:
         return cls(folder / "tokenizer.json", config, max_length)
 
     def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask (1 = real token), both int64 (B, max_length)."""
-        encodings = self.tokenizer.encode_batch(list(prompts), add_special_tokens=True)
+        """Token ids and attention mask (1 = real token), both int64 (B, max_length).
+
+        Logs one warning per call when prompts have words a closed vocabulary does not know."""
+        if self.closed_vocabulary:
+            unknown: dict[str, list[str]] = {}
+            for prompt in dict.fromkeys(prompts):
+                for word, near in self.unknown_words(prompt):
+                    unknown.setdefault(word, near)
+            if unknown:
+                log.warning(describe_unknown_words(list(unknown.items())))
+        prompts = [self.normalize(p) for p in prompts]
+        encodings = self.tokenizer.encode_batch(prompts, add_special_tokens=True)
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long)
         return ids, mask

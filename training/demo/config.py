@@ -22,6 +22,20 @@ _ALIGN = DOWNSAMPLING * CHUNK_SIZE
 SAMPLE_SIZE = -(-int(MAX_SECONDS * SAMPLE_RATE) // _ALIGN) * _ALIGN
 TEXT_MAX_LENGTH = 16
 TEXT_SUBFOLDER = "t5gemma-demo"
+# Prompt rewriting the shipped tokenizer_config.json asks PromptTokenizer for (see its docstring):
+# "440 Hz" -> the note word heard nearest (tones sit on multiples of 44100 / 4096 Hz), and filler
+# words dropped instead of read as <unk>.
+PROMPT_SETTINGS = {
+    "frequency_to_note": {"max_deviation": 0.03, "frame_hz": SAMPLE_RATE / (PATCH_SIZE * STRIDE)},
+    "ignored_words": [
+        "a", "an", "the", "at", "of", "in", "on", "with", "and", "to", "for", "some", "please", "play", "make",
+    ],
+}  # fmt: skip
+# Words trained on but left out of the shipped vocabulary, so that prompts using them warn instead
+# of failing quietly: the drums. Measured on the shipped model (issue 22, `evaluate.drum_scores`):
+# no beat prompt at its tempo (0 of 8) and no audible single hit (0 of 6); the DiT never learned
+# them. They become unknown words; their ids (and the encoder's rows for them) stay unused.
+UNSHIPPED_WORDS = ("kick", "snare", "hihat", "drum", "beat", "bpm", "80", "90", "100", "110", "120", "130", "140")
 # The DiT's size: 6 blocks of 192 channels (3 heads of 64), 4 memory tokens. It must be wider than
 # the latents: at high noise the velocity is mostly the noise itself, in every latent channel.
 DIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "num_memory_tokens": 4, "ff_mult": 3}

@@ -66,9 +66,19 @@ def build_tokenizer_files(folder: Path) -> int:
         "add_bos_token": False,
         "add_eos_token": True,
         "model_max_length": C.TEXT_MAX_LENGTH,
+        **C.PROMPT_SETTINGS,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return len(words)
+
+
+def drop_unshipped_words(folder: Path) -> None:
+    """Remove C.UNSHIPPED_WORDS from the exported tokenizer.json; every other word keeps its id."""
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    vocab = spec["model"]["vocab"]
+    spec["model"]["vocab"] = {w: i for w, i in vocab.items() if w not in C.UNSHIPPED_WORDS}
+    path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
 
 
 def new_text_encoder(vocab_size: int, folder: Path) -> T5GemmaEncoder:
@@ -473,6 +483,7 @@ def export(work: Path, out: Path, log: dict) -> None:
     save_file(
         {f"model.encoder.{k}": v.contiguous() for k, v in ema["text"].items()}, str(text_dir / "model.safetensors")
     )
+    drop_unshipped_words(text_dir)
     (out / "model_config.json").write_text(json.dumps(C.model_config(), indent=2) + "\n")
     (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     # A round trip through the loader's own reading, so a broken export fails here, not in a test.
