@@ -125,9 +125,12 @@ def specs(defaults: ModelDefaults | None = None) -> dict[str, ControlSpec]:
         if widget == "slider" and (meta["low"] is None or high is None):
             widget = "number"  # no slider range that the type would not contradict
         step = (1 if meta["integer"] else SLIDER_STEPS.get(name, 0.01)) if widget in ("slider", "pair") else None
+        low = meta["low"]
+        if low is not None and meta["low_open"]:  # (0, ...]: the slider starts at its first valid step
+            low += step or 0.01
         out[name] = ControlSpec(
             name=name, label=LABELS.get(name, name.replace("_", " ").capitalize()), widget=widget, default=default,
-            minimum=meta["low"], maximum=high, choices=meta["choices"] or WIDGET_CHOICES.get(widget), step=step,
+            minimum=low, maximum=high, choices=meta["choices"] or WIDGET_CHOICES.get(widget), step=step,
             integer=meta["integer"], info=meta["help"], elem_id=ELEM_IDS.get(name, name.replace("_", "-")))
     return out
 
