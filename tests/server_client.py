@@ -14,7 +14,7 @@ def run_job(model, body: dict, tmp_path: Path, timeout_s: float = 120.0) -> dict
     from stable_audio_3.server.settings import ServerConfig
 
     app = create_app(ServerConfig(data_dir=tmp_path / "server-data", poll_interval_s=0.05), models={"m": model})
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:  # a Host the server answers to
         created = client.post("/v1/generate", json={"model": "m", **body})
         assert created.status_code == 202, created.text
         url = created.json()["url"]

@@ -571,7 +571,17 @@ def test_new_controls_persist_across_a_restart_and_split_batches(tmp_path: Path)
     assert rel_err(torch.from_numpy(audio.T.copy()), alone) < 1e-3
 
 
-def test_lora_files_are_checked_at_start(tmp_path: Path) -> None:
+def serve_error(argv: list[str], capsys) -> tuple[int, str]:
+    """(exit code, stderr) of `serve` refusing `argv` before it starts anything."""
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_lora_files_are_checked_at_start(tmp_path: Path, capsys) -> None:
     wrong = fixture_dir("tiny-medium") / "lora" / "lora_a.safetensors"  # another model's LoRA: other shapes
     for loras, message in (
         ({"x": str(tmp_path / "missing.safetensors")}, "file not found"),
@@ -581,13 +591,12 @@ def test_lora_files_are_checked_at_start(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match=message):
             app.state.server.check_loras()
         assert len(model().loras) == 0
-    with pytest.raises(SystemExit, match="--lora x=/nonexistent/x.safetensors: file not found"):
-        main(["--lora", "x=/nonexistent/x.safetensors"])
+    assert serve_error(["--lora", "x=/nonexistent/x.safetensors"], capsys) == (
+        2, "stable-audio serve: error: --lora x=/nonexistent/x.safetensors: file not found\n")
     # a bare name is a LoRA shipped with a served model (the demo, served by default, ships octave-up)
-    with pytest.raises(SystemExit) as e:
-        main(["--lora", "octave-down"])
-    assert str(e.value) == ("stable-audio serve: --lora octave-down: 'octave-down' is neither a file nor a LoRA "
-                            "shipped with the served models (shipped: octave-up)")
+    assert serve_error(["--lora", "octave-down"], capsys) == (
+        2, "stable-audio serve: error: --lora octave-down: 'octave-down' is neither a file nor a LoRA shipped with "
+        "the served models (shipped: octave-up)\n")
     with pytest.raises(ValueError, match="LoRA name"):
         ServerConfig(loras={"a b": "/x"})
 
@@ -801,7 +810,9 @@ def test_odd_values_in_every_field_never_give_a_5xx(tmp_path: Path) -> None:
 
 def test_schemathesis_fuzzing_of_the_openapi_document_finds_no_5xx(tmp_path: Path) -> None:
     """Every operation of /openapi.json, with valid and invalid inputs generated from the schema, against a real
-    server whose limits keep the jobs it accepts short (tiny durations, a short queue, a per-job timeout)."""
+    server whose limits keep the jobs it accepts short (tiny durations, a short queue, a per-job timeout). The
+    server has a key; every generated case is also sent the way a page of another site, a rebound name and a
+    caller without the key would send it, and each of those is refused whatever the rest of the request."""
     try:
         import schemathesis
         from hypothesis import HealthCheck, given, settings
@@ -814,10 +825,20 @@ def test_schemathesis_fuzzing_of_the_openapi_document_finds_no_5xx(tmp_path: Pat
         "job_timeout_s": 2.0,  # so an accepted long job cannot hold the worker
         "max_upload_bytes": 256 * 1024,
         "max_upload_seconds": 2.0,
+        "max_upload_values": 200_000,
+        "api_key": "fuzz-key",
     }
+    key = {"Authorization": "Bearer fuzz-key"}
+    refused = [({**key, "Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}, 403),
+               ({**key, "Host": "attacker.example"}, 400), ({"Sec-Fetch-Site": "same-site"}, 403)]
+    import requests
+
+    keyed = requests.Session()
+    keyed.headers.update(key)
     with server(tmp_path, **limits) as client:
+        client.headers.update(key)
         base = str(client.base_url).rstrip("/")
-        schema = schemathesis.openapi.from_url(f"{base}/openapi.json", timeout=10)
+        schema = schemathesis.openapi.from_url(f"{base}/openapi.json", timeout=10, headers=key)
         operations = [result.ok() for result in schema.get_all_operations()]
         labels = sorted(op.label for op in operations)
         assert labels == sorted(
@@ -853,9 +874,15 @@ def test_schemathesis_fuzzing_of_the_openapi_document_finds_no_5xx(tmp_path: Pat
                     suppress_health_check=list(HealthCheck),
                 )
                 def fuzz(case) -> None:
-                    response = case.call(base_url=base, timeout=30)
+                    response = case.call(base_url=base, timeout=30, session=keyed)
                     statuses.setdefault(case.operation.label, set()).add(response.status_code)
                     assert response.status_code < 500, (case.as_curl_command(), response.status_code, response.text)
+                    for headers, status in refused:
+                        other = case.call(base_url=base, timeout=30, headers=headers)
+                        assert other.status_code == status, (case.as_curl_command(), headers, other.text)
+                    no_key = case.call(base_url=base, timeout=30)
+                    expected = {200} if case.operation.path == "/healthz" else {401}
+                    assert no_key.status_code in expected, (case.as_curl_command(), no_key.text)
 
                 fuzz()
         print("\nschemathesis statuses:", {k: sorted(v) for k, v in sorted(statuses.items())})
@@ -887,13 +914,15 @@ def test_upload_size_limit_gives_413(tmp_path: Path) -> None:
 
 def test_api_key_is_required_everywhere_but_healthz(tmp_path: Path) -> None:
     with server(tmp_path, api_key="s3cret") as client:
-        for path in ("/v1/models", "/metrics", "/openapi.json", "/docs", "/v1/jobs/" + "0" * 32):
+        for path in ("/v1/models", "/metrics", "/openapi.json", "/v1/jobs/" + "0" * 32):
             r = client.get(path)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", path
         assert client.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert client.post("/v1/generate", json={"prompt": "x"}).status_code == 401
-        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz").json() == {"status": "ok"}  # nothing more without the key
+        assert client.get("/docs").status_code == 200  # the page holds no secret; it asks for the key
         good = {"Authorization": "Bearer s3cret"}
+        assert client.get("/healthz", headers=good).json()["models"] == ["tiny"]
         assert client.get("/v1/models", headers=good).status_code == 200
         r = client.post("/v1/generate", json={"prompt": "x", "duration": 0.5}, headers=good)
         assert r.status_code == 202
@@ -976,7 +1005,7 @@ def test_the_openapi_schema_carries_the_request_types_defaults_bounds_and_help(t
     assert properties["duration"]["anyOf"][1]["items"]["exclusiveMinimum"] == 0  # per-item lists: on each item
 
 
-def test_serve_command_line_defaults_to_localhost() -> None:
+def test_serve_command_line_defaults_to_localhost(capsys) -> None:
     args = build_parser().parse_args(["--model", "tiny=/models/tiny", "--max-batch", "8", "--api-key", "k"])
     assert args.host == "127.0.0.1"
     config = config_from_args(args)
@@ -984,12 +1013,12 @@ def test_serve_command_line_defaults_to_localhost() -> None:
     args = build_parser().parse_args(["--lora", "drums=/l/d.safetensors", "--lora", "/l/piano.safetensors"])
     assert config_from_args(args).loras == {"drums": "/l/d.safetensors", "piano": "/l/piano.safetensors"}
     assert config.loras == {}
-    with pytest.raises(SystemExit, match="the name 'a' is given twice"):
-        main(["--lora", "a=/x.safetensors", "--lora", "a=/y.safetensors"])
+    assert serve_error(["--lora", "a=/x.safetensors", "--lora", "a=/y.safetensors"], capsys) == (
+        2, "stable-audio serve: error: --lora: the name 'a' is given twice\n")
     with pytest.raises(ValueError, match="max_queue=0 is invalid"):
         ServerConfig(max_queue=0)
-    with pytest.raises(SystemExit, match="the name 'a' is given twice"):
-        main(["--model", "a=/x", "--model", "a=/y"])
+    assert serve_error(["--model", "a=/x", "--model", "a=/y"], capsys) == (
+        2, "stable-audio serve: error: --model: the name 'a' is given twice; name them with NAME=...\n")
     # the model load options are the CLI's: one flag per LoadOptions field, with its default and choices
     parser = build_parser()
     actions = {a.dest: a for a in parser._actions}

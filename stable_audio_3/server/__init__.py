@@ -1,10 +1,11 @@
 """HTTP serving: a FastAPI app with a SQLite-backed job queue (`create_app`), the `serve` command line
 (`main`), and a Ray Serve deployment in `stable_audio_3.server.ray` (imported only when used).
 
-Layers, each importing only those below it: settings (ServerConfig); jobs (SQLite store); schema (the
-JSON shapes, made from `GenerationRequest`); resolve (request -> job -> request); metrics; worker;
-uploads (bodies and audio files); state (models, LoRAs, workers); app (routes); config (the command
-line) and ray (the Ray Serve deployment) on top.
+Layers, each importing only those below it: settings (ServerConfig); storage (atomic writes, disk-full
+errors, the data folder's lock); jobs (SQLite store, leases); schema (the JSON shapes, made from
+`GenerationRequest`); guard (Host, cross-site and key checks); docs (the offline /docs page); resolve
+(request -> job -> request); metrics; worker; uploads (bodies and audio files); state (models, LoRAs,
+workers); app (routes); config (the command line) and ray (the Ray Serve deployment) on top.
 
 Needs the `server` extra: pip install 'stable-audio-3[server]'.
 """

@@ -1,16 +1,18 @@
 """The FastAPI application: submit jobs, follow them, fetch or cancel them; models, health, metrics.
 
-`create_app(config, models)` builds it; models are loaded (unless given) and workers started in the
-app's lifespan (state.py), so uvicorn, TestClient and Ray Serve all drive it the same way. Request
-checks live in resolve.py, bodies and audio files in uploads.py.
+`create_app(config, models)` builds it; models are loaded (unless given or already loaded by `serve`) and
+workers started in the app's lifespan (state.py), so uvicorn, TestClient and Ray Serve all drive it the same
+way. Request checks live in resolve.py, bodies and audio files in uploads.py, who may call in guard.py, the
+offline /docs page in docs.py. A client's mistake is a 4xx; the server's own trouble is a 507 (full disk)
+or a 503 (database busy), never a bare 500.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
+import sqlite3
 import time
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -18,11 +20,13 @@ from typing import Any, Literal
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from .docs import DOCS_HEADERS, docs_page
+from .guard import OPEN_PATHS, check_host, check_site, has_key, unauthorized
 from .jobs import CANCELLED, COMPLETED, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, new_job_id
 from .metrics import prometheus_text
 from .resolve import batch_key, resolve_request
@@ -38,6 +42,7 @@ from .schema import (
 )
 from .settings import ServerConfig
 from .state import ServerState
+from .storage import disk_full_message, is_disk_full
 from .uploads import AUDIO_FORMATS, audio_file, parse_generate, save_uploads
 
 log = logging.getLogger("stable_audio_3.server")
@@ -82,6 +87,24 @@ def job_info(job: Job, store: JobStore) -> dict:
     }
 
 
+def read_chunks(f, size: int = 1 << 16):
+    """The bytes of an open file, then close it."""
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
+def server_trouble(exc: BaseException) -> RequestError | None:
+    """The server's own trouble as a clear status: a full disk is 507, a database kept busy by another
+    process is 503 (retry); None for anything else (a bug: 500)."""
+    if is_disk_full(exc):
+        return RequestError(507, None, disk_full_message(exc), kind="insufficient_storage")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+        return RequestError(503, None, f"the job database is busy ({exc}); retry", kind="busy",
+                            headers={"Retry-After": "1"})
+    return None
+
+
 def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None = None) -> FastAPI:
     """The HTTP API. `models` ({name: StableAudioModel}) skips loading `config.models`."""
     config = config or ServerConfig()
@@ -99,6 +122,8 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         title="Stable Audio 3",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN; /docs is our own offline page
+        redoc_url=None,
         description="Text-to-audio, audio-to-audio and inpainting jobs: POST /v1/generate, then poll "
         "GET /v1/jobs/{id} and fetch GET /v1/jobs/{id}/audio.",
     )
@@ -113,7 +138,7 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         return spec
 
     app.openapi = openapi  # type: ignore[method-assign]
-    errors = {code: {"model": ErrorBody} for code in (400, 401, 404, 409, 413, 415, 422, 429)}
+    errors = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)}
 
     # -- errors: always JSON naming the field ------------------------------------------------------
     @app.exception_handler(RequestError)
@@ -135,6 +160,17 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         body = {"error": {"type": "http_error", "field": None, "message": str(exc.detail)}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
+    @app.exception_handler(OSError)
+    @app.exception_handler(sqlite3.Error)
+    async def _storage_error(request: Request, exc: Exception):
+        """Files and the database: the server's own trouble, answered here (a handler for Exception would
+        answer too, but then re-raise into uvicorn, which drops the connection)."""
+        trouble = server_trouble(exc)
+        if trouble is None:
+            return await _internal_error(request, exc)
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(trouble.body(), status_code=trouble.status, headers=trouble.headers)
+
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url.path)
@@ -142,20 +178,22 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         return JSONResponse(body, status_code=500)
 
     @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if config.api_key and request.url.path != "/healthz":
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-                body = {
-                    "error": {
-                        "type": "unauthorized",
-                        "field": "Authorization",
-                        "message": "a valid 'Authorization: Bearer <api key>' header is required",
-                    }
-                }
-                return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    async def _guard(request: Request, call_next):
+        h = request.headers
+        refused = check_host(h.get("host"), config) or check_site(
+            request.method, h.get("host"), h.get("origin"), h.get("sec-fetch-site"), h.get("sec-fetch-mode"), config)
+        if refused is None and request.url.path not in OPEN_PATHS and not has_key(h.get("authorization"), config):
+            refused = unauthorized()
+        if refused is not None:
+            return JSONResponse(refused.body(), status_code=refused.status, headers=refused.headers)
         return await call_next(request)
+
+    if config.allowed_origins:  # the user's own web apps may call the API and read its answers
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=config.allowed_origins,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Location", "Retry-After"])
 
     def get_job(job_id: str) -> Job:
         job = state.store.get(job_id) if JOB_ID.match(job_id) else None
@@ -195,7 +233,11 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         job_id = new_job_id()
         inputs = await run_in_threadpool(save_uploads, state.store, job_id, uploads)
         key = batch_key(name, params, has_audio=bool(uploads))
-        job = await run_in_threadpool(state.store.add, job_id, name, params, inputs, seeds, key, config.max_queue)
+        try:
+            job = await run_in_threadpool(state.store.add, job_id, name, params, inputs, seeds, key, config.max_queue)
+        except BaseException:  # a full disk: no folder without its job
+            await run_in_threadpool(state.store.remove_files, job_id, False)
+            raise
         if job is None:
             await run_in_threadpool(state.store.remove_files, job_id, False)
             raise queue_full()
@@ -254,10 +296,18 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
                 f"index={index} is out of range; this job has {len(job.outputs)} outputs",
                 kind="invalid_request",
             )
+        gone = RequestError(404, "job_id", f"the audio of job {job_id} was deleted or expired", kind="not_found")
         path = audio_file(state.store, job, index, format)
         if path is None:
-            raise RequestError(404, "job_id", f"the audio of job {job_id} was deleted or expired", kind="not_found")
-        return FileResponse(path, media_type=AUDIO_FORMATS[format], filename=f"{job_id}_{index}.{format}")
+            raise gone
+        try:  # opened here: a DELETE from now on cannot cut the body short (the open file stays readable)
+            f = open(path, "rb")
+        except FileNotFoundError:
+            raise gone from None
+        size = os.fstat(f.fileno()).st_size
+        headers = {"Content-Length": str(size),
+                   "Content-Disposition": f'attachment; filename="{job_id}_{index}.{format}"'}
+        return StreamingResponse(read_chunks(f), media_type=AUDIO_FORMATS[format], headers=headers)
 
     @app.get("/v1/models", response_model=list[ModelInfo], responses=errors, summary="Models served")
     def list_models():
@@ -282,10 +332,12 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             })
         return out
 
-    @app.get("/healthz", summary="Liveness (no API key needed)")
-    def healthz():
+    @app.get("/healthz", summary="Liveness (no API key needed: then only the status)")
+    def healthz(request: Request):
         workers = {name: w.alive for name, w in state.workers.items()}
         ok = state.store is not None and all(workers.values())
+        if not has_key(request.headers.get("authorization"), config):
+            return JSONResponse({"status": "ok" if ok else "degraded"}, status_code=200 if ok else 503)
         body = {
             "status": "ok" if ok else "degraded",
             "models": list(state.models),
@@ -294,6 +346,10 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             "pid": os.getpid(),
         }
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return HTMLResponse(docs_page(app.title, __version__), headers=DOCS_HEADERS)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def metrics():

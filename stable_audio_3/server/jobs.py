@@ -2,7 +2,9 @@
 
 The database is the queue: workers claim queued jobs inside an IMMEDIATE transaction, so several
 processes (Ray Serve replicas) can share one data folder. Files live in `<data_dir>/files/<job id>/`
-under names the server chooses; every file is written to a temp name and renamed into place.
+under names the server chooses; every file is written to a temp name and renamed into place (storage.py).
+A running job carries a lease: its worker renews the heartbeat while the batch runs, and only a job whose
+lease has expired (or whose owner is known to be gone) is put back in the queue.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from .storage import is_disk_full, stale_temp_files, write_file
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
@@ -137,6 +141,12 @@ class JobStore:
         with self._lock:
             self._db.close()
 
+    def _rollback(self) -> None:
+        """Undo an open transaction; SQLite has already undone it after some errors (a full disk), and a
+        second ROLLBACK would hide the real error behind "no transaction is active"."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
     # -- files ---------------------------------------------------------------------------------
     def job_dir(self, job_id: str) -> Path:
         if not JOB_ID.match(job_id):  # ids are ours; never build a path from anything else
@@ -147,6 +157,14 @@ class JobStore:
         if "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"invalid file name {name!r}")
         return self.job_dir(job_id) / name
+
+    def write(self, job_id: str, name: str, data: bytes, create: bool = False) -> Path:
+        """Store a file of a job atomically. The job's folder is made only when `create` is set (a new job's
+        uploads, a running job's outputs); otherwise a folder deleted meanwhile gives FileNotFoundError."""
+        path = self.file_path(job_id, name)
+        if create:
+            path.parent.mkdir(exist_ok=True)
+        return write_file(path.parent, name, data)
 
     # -- records -------------------------------------------------------------------------------
     def add(
@@ -185,7 +203,7 @@ class JobStore:
                 )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return self.get(job_id)
 
@@ -268,9 +286,17 @@ class JobStore:
                     )
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
         return [j for j in (self.get(r["id"]) for r in rows) if j is not None]
+
+    def renew(self, batch_id: str, owner: str) -> int:
+        """Renew the lease of a running batch (its heartbeat); returns how many of its jobs are still ours."""
+        with self._lock:
+            return self._db.execute(
+                "UPDATE jobs SET heartbeat = ? WHERE batch_id = ? AND owner = ? AND status = ?",
+                (time.time(), batch_id, owner, RUNNING),
+            ).rowcount
 
     def progress(self, job_ids: list[str], step: int, total: int) -> set[str]:
         """Record a sampling step (also the owner's heartbeat); returns the ids whose cancel was asked."""
@@ -328,11 +354,22 @@ class JobStore:
         return job
 
     def delete(self, job_id: str) -> bool:
-        """Remove a finished job's record and files."""
-        with self._lock:
-            deleted = self._db.execute(
-                "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)", (job_id, *FINISHED)
-            ).rowcount
+        """Remove a finished job's record and files. On a full disk the files go first, so that the record's
+        deletion finds room (a DELETE is how space is freed through the API)."""
+
+        def delete_row() -> int:
+            with self._lock:
+                return self._db.execute(
+                    "DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)", (job_id, *FINISHED)
+                ).rowcount
+
+        try:
+            deleted = delete_row()
+        except sqlite3.Error as e:
+            if not is_disk_full(e) or self.get(job_id) is None or self.get(job_id).status not in FINISHED:
+                raise
+            self.remove_files(job_id, keep_outputs=False)
+            deleted = delete_row()
         if deleted:
             self.remove_files(job_id, keep_outputs=False)
         return bool(deleted)
@@ -384,6 +421,33 @@ class JobStore:
             return
         for path in folder.glob("input_*"):
             path.unlink(missing_ok=True)
+
+    def clean_up(self, older_than_s: float | None) -> tuple[int, int]:
+        """Remove what interrupted writes leave behind: temporary files, and job folders with no record (an
+        upload whose job was never recorded). `older_than_s` None: everything (no other process writes
+        here); otherwise only what has not been touched for that long. Returns (temp files, folders)."""
+        temps = stale_temp_files(self.files_dir, older_than_s)
+        for path in temps:
+            path.unlink(missing_ok=True)
+        cutoff = None if older_than_s is None else time.time() - older_than_s
+        folders = [p for p in self.files_dir.iterdir() if p.is_dir() and JOB_ID.match(p.name)]
+        known: set[str] = set()
+        for i in range(0, len(folders), 500):
+            chunk = [p.name for p in folders[i:i + 500]]
+            with self._lock:
+                rows = self._db.execute(f"SELECT id FROM jobs WHERE id IN ({','.join('?' * len(chunk))})",
+                                        chunk).fetchall()
+            known.update(r["id"] for r in rows)
+        orphans = 0
+        for folder in folders:
+            try:
+                if folder.name in known or (cutoff is not None and folder.stat().st_mtime >= cutoff):
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            orphans += 1
+        return len(temps), orphans
 
     def counts_by_status(self) -> dict[tuple[str, str], int]:
         with self._lock:

@@ -68,7 +68,7 @@ def build_app(
 
     settings = ServerConfig(
         models=models or ["demo"],
-        recover_all_running=False,
+        replica=True,  # the replicas share data_dir and its queue
         **config,
         **({"data_dir": Path(data_dir)} if data_dir is not None else {}),
     )

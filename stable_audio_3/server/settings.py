@@ -14,6 +14,8 @@ from pathlib import Path
 from ..request import LoadOptions
 
 LORA_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
 DEFAULT_DATA_DIR = Path(os.environ.get("SA3_SERVER_DATA", Path.home() / ".cache" / "stable-audio-3" / "server"))
 
 
@@ -28,17 +30,27 @@ class ServerConfig:
     precision: str | None = None
     compile: bool = False
     data_dir: Path = DEFAULT_DATA_DIR
-    api_key: str | None = None  # when set, every endpoint but /healthz needs "Authorization: Bearer <key>"
+    api_key: str | None = None  # when set, every endpoint but /healthz and /docs needs "Authorization: Bearer <key>"
+    # Host header names served (DNS rebinding: a page's own name resolving to this machine); "*" for any
+    allowed_hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))
+    # origins ("https://app.example:8443") of web apps whose pages may call the API (CORS); others are refused
+    allowed_origins: list[str] = field(default_factory=list)
     max_queue: int = 64  # queued jobs (all models) before new requests get 429
     max_batch: int = 4  # items generated together in one batch (and the most items one request may ask for)
     batch_wait_s: float = 0.0  # after taking a job, wait this long for compatible ones to batch with it
     max_total_seconds: float = 600.0  # duration x items per request
     max_upload_bytes: int = 50 * 1024 * 1024
     max_upload_seconds: float = 400.0
+    # decoded samples x channels of all the files of one request (two 400 s 48 kHz stereo files; 307 MB as
+    # float32): checked from each file's header before decoding and enforced while decoding
+    max_upload_values: int = 2 * 400 * 48_000 * 2
     job_timeout_s: float = 600.0  # a running batch past this is stopped at the next step and its jobs fail
     expiry_s: float = 24 * 3600.0  # finished jobs (record and files) are deleted after this
     run_workers: bool = True  # False: accept and serve jobs but run none (an API-only front end)
-    recover_all_running: bool = True  # at start, requeue every 'running' job (one server per data dir)
+    # False: the only server on data_dir (an exclusive lock; at start every 'running' job is requeued, its
+    # owner being gone); True: one of several replicas sharing it, which requeue only expired leases
+    replica: bool = False
+    lease_s: float = 30.0  # a running job's lease; its worker renews it every lease_s / 6
     poll_interval_s: float = 0.5  # how often idle workers look for jobs queued by other processes
     noise_device: str | None = None  # "cpu": the same seed gives the same audio on every device
     # LoRAs requests may name: {name: a file path, or the name of a LoRA shipped with a served model}.
@@ -55,10 +67,22 @@ class ServerConfig:
             if not isinstance(path, (str, os.PathLike)) or not str(path):
                 raise ValueError(f"LoRA {name!r}: path {path!r} is invalid; a file path or a shipped LoRA's name")
         self.loras = {name: str(path) for name, path in self.loras.items()}
-        for name in ("max_queue", "max_batch", "max_upload_bytes"):
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            raise ValueError(f"api_key={self.api_key!r} is invalid; a non-empty key is required (or none: no key)")
+        self.allowed_hosts = [str(h).strip().lower().strip("[]").rstrip(".") for h in self.allowed_hosts]
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in "/ @?#"):
+                raise ValueError(f"allowed host {host!r} is invalid; a host name or address (or '*') is required")
+        self.allowed_origins = [str(o).strip().lower().rstrip("/") for o in self.allowed_origins]
+        for origin in self.allowed_origins:
+            if not ORIGIN.match(origin):
+                raise ValueError(f"allowed origin {origin!r} is invalid; scheme://host[:port] is required, "
+                                 "e.g. https://app.example")
+        for name in ("max_queue", "max_batch", "max_upload_bytes", "max_upload_values"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; a positive integer is required")
-        for name in ("max_total_seconds", "max_upload_seconds", "job_timeout_s", "expiry_s", "poll_interval_s"):
+        for name in ("max_total_seconds", "max_upload_seconds", "job_timeout_s", "expiry_s", "poll_interval_s",
+                     "lease_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)!r} is invalid; a positive number is required")
         if self.batch_wait_s < 0:

@@ -1,10 +1,15 @@
 """The server's model registry and lifecycle: models loaded (or given), the LoRAs each one is offered,
-the job store and one worker per model; started and stopped by the app's lifespan."""
+the job store (with the data folder's lock) and one worker per model.
+
+`serve` calls `open_store` and `load_models` before uvicorn starts, so that a bad folder or model is one
+line on the terminal; the app's lifespan does whatever is left (TestClient, Ray Serve) and starts the workers.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,8 @@ from .jobs import JobStore
 from .metrics import Metrics
 from .resolve import ModelLimits
 from .settings import ServerConfig, check_lora_files, model_specs
-from .worker import Worker
+from .storage import DataDirLock
+from .worker import STALE_FILES_AFTER_S, Worker
 
 log = logging.getLogger("stable_audio_3.server")
 
@@ -30,22 +36,61 @@ class ServerState:
         self.started = time.time()
         # model name -> {LoRA name: its file} of the configured LoRAs that fit it
         self.model_loras: dict[str, dict[str, str]] = {}
+        self.lock: DataDirLock | None = None
+        self._loras_checked = False
 
-    def start(self) -> None:
+    def load_models(self) -> None:
+        """Load the configured models (unless given) and check the LoRAs against them."""
         if not self.models:
             from .. import StableAudioModel
 
             load = self.config.load_options().kwargs()
             for name, source in model_specs(self.config.models).items():
                 log.info("loading model %s from %s", name, source)
-                self.models[name] = StableAudioModel.from_pretrained(source, **load)
-        self.check_loras()
-        self.store = JobStore(self.config.data_dir)
-        if self.config.run_workers and self.config.recover_all_running:
-            requeued = self.store.requeue_running()
+                try:
+                    self.models[name] = StableAudioModel.from_pretrained(source, **load)
+                except Exception as e:
+                    raise RuntimeError(f"--model {name}={source}: cannot load it: {e}") from e
+        if not self._loras_checked:
+            self.check_loras()
+            self._loras_checked = True
+
+    def open_store(self) -> None:
+        """Open the data folder: its lock (exclusive for a plain server, shared for replicas), the job database,
+        and the recovery of what the last run left (running jobs whose owner is gone, temporary files)."""
+        if self.store is not None:
+            return
+        folder = self.config.data_dir
+        if folder.exists() and not folder.is_dir():
+            raise RuntimeError(f"--data-dir {folder}: is a file; a folder is required")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RuntimeError(f"--data-dir {folder}: cannot create it ({e.strerror or e})") from e
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise RuntimeError(f"--data-dir {folder}: not writable by this user")
+        lock = DataDirLock(folder, shared=self.config.replica)
+        lock.acquire()
+        try:
+            store = JobStore(folder)
+        except Exception as e:
+            lock.release()
+            raise RuntimeError(f"--data-dir {folder}: cannot open the job database ({e})") from e
+        self.lock, self.store = lock, store
+        if self.config.run_workers:
+            # alone on the folder, every 'running' job's owner is gone; replicas wait for a lease to expire
+            requeued = store.requeue_running(stale_after_s=self.config.lease_s if self.config.replica else None)
             if requeued:
                 log.info("requeued %d jobs interrupted by the last shutdown", requeued)
-        self.store.expire(self.config.expiry_s)
+        temps, folders = store.clean_up(older_than_s=STALE_FILES_AFTER_S if self.config.replica else None)
+        if temps or folders:
+            log.info("removed %d temporary files and %d folders without a job left by an interrupted run",
+                     temps, folders)
+        store.expire(self.config.expiry_s)
+
+    def start(self) -> None:
+        self.open_store()
+        self.load_models()
         if self.config.run_workers:
             for name, model in self.models.items():
                 worker = Worker(name, model, self.store, self.config, self.metrics, self.model_loras.get(name))
@@ -93,6 +138,10 @@ class ServerState:
         self.workers.clear()
         if self.store is not None:
             self.store.close()
+            self.store = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def retry_after(self) -> int:
         """A guess at when a queue slot frees up, from the average batch time so far."""

@@ -1,8 +1,10 @@
 """Audio in and out of the server: request bodies (JSON or multipart with audio files), decoding and storing
 uploads, and the formats a finished job's audio is delivered in.
 
-Uploads are decoded here, checked (size, length, rate, channels, finite samples) and stored as 32-bit float
-WAVs holding exactly the decoded samples; a job never reads a file a client named. Deliveries convert the
+Uploads are decoded here by `audio.read_audio`, bounded by samples x channels (from the header, then while
+decoding) so that no upload makes the server hold more than `max_upload_values` in memory or on disk, checked
+(size, length, rate, channels, finite samples) and stored as 32-bit float WAVs holding exactly the decoded
+samples; a job never reads a file a client named. Deliveries convert the
 stored float WAV once per format through the shared output module (output.py): the CLI's codecs (24-bit
 FLAC, 320 kbps MP3), peak ceilings (one gain, never clipping) and metadata.
 """
@@ -20,10 +22,10 @@ from starlette.datastructures import UploadFile
 from .jobs import Job, JobStore
 from .schema import UPLOAD_FIELDS, RequestError
 from .settings import ServerConfig
+from .storage import encode_audio
 
 MAX_JSON_BYTES = 1024 * 1024
 AUDIO_FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}
-MIN_UPLOAD_RATE, MAX_UPLOAD_RATE = 1000, 768000
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -40,11 +42,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def decode_upload(role: str, data: bytes, config: ServerConfig):
-    """Uploaded bytes -> ((C, T) float32 tensor, sample rate), or a RequestError naming the field."""
-    import numpy as np
+def decode_upload(role: str, data: bytes, config: ServerConfig, max_values: int):
+    """Uploaded bytes -> ((C, T) float32 tensor, sample rate), or a RequestError naming the field. At most
+    `max_values` samples x channels are decoded (checked from the header first, then while decoding): what
+    is left of the request's `max_upload_values` (413 past it)."""
     import soundfile as sf
-    import torch
+
+    from ..audio import AudioTooLarge, read_audio
 
     if not data:
         raise RequestError(422, role, f"{role}: the file is empty")
@@ -55,25 +59,19 @@ def decode_upload(role: str, data: bytes, config: ServerConfig):
         info = sf.info(io.BytesIO(data))
     except Exception:
         raise RequestError(422, role, f"{role}: not a readable audio file (wav, flac, ogg or mp3)") from None
-    if not MIN_UPLOAD_RATE <= info.samplerate <= MAX_UPLOAD_RATE:
-        raise RequestError(422, role, f"{role}: sample rate {info.samplerate} Hz is not supported; "
-                           f"{MIN_UPLOAD_RATE}..{MAX_UPLOAD_RATE} Hz")
-    if not 1 <= info.channels <= 8:
-        raise RequestError(422, role, f"{role}: {info.channels} channels; 1 to 8 are supported")
-    if info.frames > 0 and info.frames / info.samplerate > config.max_upload_seconds:
+    if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > config.max_upload_seconds:
         raise RequestError(422, role, f"{role}: {info.frames / info.samplerate:.1f} s is too long; at most "
                            f"{config.max_upload_seconds:g} s")
     try:
-        audio, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except Exception:
-        raise RequestError(422, role, f"{role}: the audio could not be decoded") from None
-    if audio.shape[0] == 0:
-        raise RequestError(422, role, f"{role}: the file holds no samples")
-    if audio.shape[0] / sr > config.max_upload_seconds:
+        audio, sr = read_audio(io.BytesIO(data), max_values=max_values, name=role)
+    except AudioTooLarge as e:
+        raise RequestError(413, role, f"{e} (a request's files may hold {config.max_upload_values} samples x "
+                           "channels in all)", kind="too_large") from None
+    except ValueError as e:
+        raise RequestError(422, role, str(e)) from None
+    if audio.shape[1] / sr > config.max_upload_seconds:
         raise RequestError(422, role, f"{role}: too long; at most {config.max_upload_seconds:g} s")
-    if not np.isfinite(audio).all():
-        raise RequestError(422, role, f"{role}: the audio holds NaN or infinite samples")
-    return torch.from_numpy(np.ascontiguousarray(audio.T)), int(sr)
+    return audio, sr
 
 
 async def parse_generate(request: Request, config: ServerConfig) -> tuple[dict, dict[str, tuple]]:
@@ -99,7 +97,8 @@ async def parse_generate(request: Request, config: ServerConfig) -> tuple[dict, 
                 if not isinstance(value, UploadFile) or key in uploads:
                     raise RequestError(422, key, f"{key} must be one uploaded audio file")
                 data = await value.read()
-                uploads[key] = await run_in_threadpool(decode_upload, key, data, config)
+                budget = config.max_upload_values - sum(a.numel() for a, _ in uploads.values())
+                uploads[key] = await run_in_threadpool(decode_upload, key, data, config, budget)
             else:
                 allowed = ", ".join(("request", *UPLOAD_FIELDS))
                 raise RequestError(422, key, f"unknown form field {key!r}; allowed: {allowed}")
@@ -125,34 +124,48 @@ def parse_json(raw: bytes, field: str) -> dict:
 
 def save_uploads(store: JobStore, job_id: str, uploads: dict[str, tuple]) -> dict[str, str]:
     """Decoded uploads -> 32-bit float WAV files (the decoded samples exactly: unclamped, no gain) under names
-    we choose, in the job's own folder; returns role -> file name."""
-    from ..output import save_item
-
+    we choose, in the job's own folder; returns role -> file name. On failure (a full disk) the folder is
+    removed again: no folder without its job."""
     inputs = {}
-    for role, (audio, sr) in uploads.items():
-        name = f"input_{role}.wav"
-        save_item(store.file_path(job_id, name), audio, sr, {}, bit_depth=32, clamp=False)
-        inputs[role] = name
+    try:
+        for role, (audio, sr) in uploads.items():
+            name = f"input_{role}.wav"
+            store.write(job_id, name, encode_audio(audio, sr, ".wav", bit_depth=32, clamp=False), create=True)
+            inputs[role] = name
+    except BaseException:
+        store.remove_files(job_id, keep_outputs=False)
+        raise
     return inputs
 
 
 def audio_file(store: JobStore, job: Job, index: int, fmt: str) -> Path | None:
-    """The stored float WAV, or a copy in another format made once and kept next to it (None: deleted)."""
+    """The stored float WAV, or a copy in another format made once and kept next to it (None: deleted).
+    The copy is written into the job's folder only while it exists, and is removed again when the job was
+    deleted meanwhile: a conversion racing a DELETE leaves nothing behind."""
     import soundfile as sf
 
     from ..audio import read_audio
-    from ..output import save_item
 
     source = store.file_path(job.id, job.outputs[index])
     if fmt == "wav":
         return source if source.is_file() else None
     target = source.with_suffix(f".{fmt}")
-    if not target.is_file():
-        try:
-            audio, sr = read_audio(source)
-            with sf.SoundFile(str(source)) as f:
-                metadata = {k: v for k, v in f.copy_metadata().items() if k in ("title", "comment", "software")}
-        except FileNotFoundError:
-            return None
-        save_item(target, audio, sr, metadata)
+    if target.is_file():
+        return target
+    try:
+        audio, sr = read_audio(source)
+        with sf.SoundFile(str(source)) as f:
+            metadata = {k: v for k, v in f.copy_metadata().items() if k in ("title", "comment", "software")}
+    except (OSError, ValueError, RuntimeError):  # deleted (or being deleted) meanwhile?
+        if source.is_file():
+            raise
+        return None
+    data = encode_audio(audio, sr, f".{fmt}", metadata)
+    try:
+        store.write(job.id, target.name, data)
+    except FileNotFoundError:
+        return None
+    if store.get(job.id) is None:  # deleted while we wrote: do not leave a folder behind
+        store.remove_files(job.id, keep_outputs=False)
+        return None
     return target

@@ -1,10 +1,11 @@
 """One worker thread per loaded model: takes queued jobs from the store, batches compatible ones, generates.
 
-Each batch is one `GenerationRequest` run by `model.run`; its items are cut and written by the shared
-output module (output.py), as the CLI writes them. Batched jobs keep their own per-item seeds, so each
-one's audio equals what it would get alone; a job whose int seed is shared by several items runs alone
-(see resolve.batch_key). Cancellation and the per-job timeout act through the step callback: it returns
-False and generation stops at the next sampling step.
+Each batch is one `GenerationRequest` run by `model.run`; its items are cut by the shared output module
+(output.py) and written by storage.py (a full disk is told apart and named in the job's error). Batched jobs
+keep their own per-item seeds, so each one's audio equals what it would get alone; a job whose int seed is
+shared by several items runs alone (see resolve.batch_key). Cancellation and the per-job timeout act through
+the step callback: it returns False and generation stops at the next sampling step. While a batch runs, a
+heartbeat thread renews the lease of its jobs (jobs.py), so no other process takes over work still being done.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import time
 
 from .. import GenerationCancelled
 from ..audio import read_audio
-from ..output import file_metadata, item_audio, save_item
+from ..output import file_metadata, item_audio
 from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity
 from .metrics import Metrics
 from .resolve import batch_request
 from .settings import ServerConfig
+from .storage import disk_full_message, encode_audio, is_disk_full
 
 log = logging.getLogger("stable_audio_3.server")
 
 MAINTENANCE_EVERY_S = 30.0
+STALE_FILES_AFTER_S = 600.0  # a temporary file or a folder without a job this old is left over from a crash
 # An int seed shared by a batch seeds torch's global generators; workers of other models (threads of this
 # process) must not draw from them meanwhile. Per-item seeds use their own generators and need no lock.
 SHARED_GENERATOR = threading.Lock()
@@ -89,10 +92,13 @@ class Worker:
 
     def _maintenance(self) -> None:
         expired = self.store.expire(self.config.expiry_s)
-        # a replica that died leaves 'running' jobs behind; they come back once its heartbeat is old enough
-        stale = self.store.requeue_running(stale_after_s=self.config.job_timeout_s + 120)
-        if expired or stale:
-            log.info("worker %s: %d finished jobs expired, %d stale jobs requeued", self.name, expired, stale)
+        stale = 0
+        if self.config.replica:  # a replica that died leaves 'running' jobs behind; they return when its lease ends
+            stale = self.store.requeue_running(stale_after_s=self.config.lease_s)
+        temps, folders = self.store.clean_up(older_than_s=STALE_FILES_AFTER_S)
+        if expired or stale or temps or folders:
+            log.info("worker %s: %d finished jobs expired, %d jobs with an expired lease requeued, %d temporary "
+                     "files and %d folders without a job removed", self.name, expired, stale, temps, folders)
 
     def _wait_for_company(self) -> None:
         """Hold the oldest queued job up to batch_wait_s for compatible ones, unless its batch is already full
@@ -131,13 +137,17 @@ class Worker:
     def _run(self, jobs: list[Job]) -> None:
         ids = [j.id for j in jobs]
         batch_id = jobs[0].batch_id
-        first = jobs[0]
         t0, wall0 = time.monotonic(), time.time()
         deadline = t0 + self.config.job_timeout_s
         state = {"timed_out": False}
 
         def on_step(step: int, total: int, x) -> bool | None:
-            cancelled = self.store.progress(ids, step, total)
+            try:
+                cancelled = self.store.progress(ids, step, total)
+            except Exception as e:  # a full disk: the progress is not recorded, the generation goes on
+                if not is_disk_full(e):
+                    raise
+                cancelled = set()
             if self._stop.is_set():  # shutting down: stop now, the jobs go back to the queue
                 return False
             if time.monotonic() > deadline:
@@ -147,6 +157,29 @@ class Worker:
                 return False
             return None
 
+        lease_done = threading.Event()
+        heartbeat = threading.Thread(target=self._renew, args=(batch_id, lease_done), daemon=True,
+                                     name=f"sa3-lease-{self.name}")
+        heartbeat.start()
+        try:
+            self._run_batch(jobs, on_step, state, t0, wall0)
+        finally:
+            lease_done.set()
+            heartbeat.join()
+
+    def _renew(self, batch_id: str, done: threading.Event) -> None:
+        """Renew the batch's lease until it ends, whatever a step, a LoRA load or a write costs; a failed
+        renewal (a full disk) is retried at the next beat."""
+        while not done.wait(self.config.lease_s / 6):
+            try:
+                self.store.renew(batch_id, self.owner)
+            except Exception as e:
+                log.warning("worker %s: renewing the lease of batch %s failed: %s", self.name, batch_id, e)
+
+    def _run_batch(self, jobs: list[Job], on_step, state: dict, t0: float, wall0: float) -> None:
+        ids = [j.id for j in jobs]
+        batch_id = jobs[0].batch_id
+        first = jobs[0]
         p = first.params
         items = sum(j.num_items for j in jobs)
         log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), items, ", ".join(ids))
@@ -177,6 +210,9 @@ class Worker:
             self._end(jobs, FAILED, f"invalid request: {e}")
             return
         except Exception as e:
+            if is_disk_full(e):
+                self._end(jobs, FAILED, f"generation failed: {disk_full_message(e)}")
+                return
             log.exception("worker %s: generation failed", self.name)
             self._end(jobs, FAILED, f"generation failed: {type(e).__name__}: {e}")
             return
@@ -196,15 +232,19 @@ class Worker:
             try:
                 outputs = self._write(job, result, indices)
             except Exception as e:
-                log.exception("worker %s: writing job %s failed", self.name, job.id)
-                self._end([job], FAILED, f"writing the audio failed: {e}")
+                if is_disk_full(e):
+                    log.error("worker %s: writing job %s failed: %s", self.name, job.id, e)
+                    self._end([job], FAILED, f"writing the audio failed: {disk_full_message(e)}")
+                else:
+                    log.exception("worker %s: writing job %s failed", self.name, job.id)
+                    self._end([job], FAILED, f"writing the audio failed: {type(e).__name__}: {e}")
                 continue
             timings = {
                 "queued_s": round(wall0 - job.created, 4),
                 "generate_s": round(gen_s, 4),
                 "total_s": round(time.time() - job.created, 4),
             }
-            if self.store.finish(job.id, batch_id, COMPLETED, outputs=outputs, timings=timings):
+            if self._record(job.id, batch_id, COMPLETED, outputs=outputs, timings=timings):
                 self.store.remove_files(job.id, keep_outputs=True)
                 self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=COMPLETED)
 
@@ -218,14 +258,27 @@ class Worker:
             name = f"output_{i}.wav"
             audio = item_audio(result.audio, result.request, index, result.sample_rate)
             metadata = file_metadata(result.request, result.seeds, index, self.name, loras)
-            save_item(self.store.file_path(job.id, name), audio, result.sample_rate, metadata, bit_depth=32,
-                      clamp=False)
+            data = encode_audio(audio, result.sample_rate, ".wav", metadata, bit_depth=32, clamp=False)
+            self.store.write(job.id, name, data, create=True)
             outputs.append(name)
             self.metrics.inc("sa3_audio_seconds_total", result.request.duration[index], model=self.name)
         return outputs
 
     def _end(self, jobs: list[Job], status: str, error: str | None) -> None:
         for job in jobs:
-            if self.store.finish(job.id, job.batch_id, status, error=error):  # False: another worker has it now
+            if self._record(job.id, job.batch_id, status, error=error):  # False: another worker has it now
                 self.store.remove_files(job.id, keep_outputs=False)
                 self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=status)
+
+    def _record(self, job_id: str, batch_id: str | None, status: str, **fields) -> bool:
+        """`store.finish`, retried while the disk is full (the lease is renewed meanwhile), so that no job stays
+        'running' because its end could not be written; gives up only when the worker stops (the job is then
+        requeued at the next start)."""
+        while True:
+            try:
+                return self.store.finish(job_id, batch_id, status, **fields)
+            except Exception as e:
+                if not is_disk_full(e) or self._stop.is_set():
+                    raise
+                log.error("worker %s: recording the end of job %s failed (%s); retrying", self.name, job_id, e)
+                self._stop.wait(1.0)
