@@ -601,26 +601,42 @@ def test_lora_files_are_checked_at_start(tmp_path: Path, capsys) -> None:
         ServerConfig(loras={"a b": "/x"})
 
 
+def strongest_hz(audio: np.ndarray, sr: int = 44100) -> float:
+    """The strongest spectral peak of (T, C) audio, in Hz."""
+    mono = audio.mean(axis=1)
+    spectrum = np.abs(np.fft.rfft(mono * np.hanning(len(mono))))
+    return float(np.argmax(spectrum) * sr / len(mono))
+
+
 def test_a_lora_shipped_with_the_model_is_served_by_its_name(tmp_path: Path) -> None:
-    """`stable-audio serve --lora octave-up` on the demo model: the file comes from the model's own folder."""
+    """`stable-audio serve --lora octave-up` on the demo model: the file comes from the model's own
+    folder, and a request naming it plays "sine wave a4" an octave up; a prompt with words the demo
+    does not know is accepted with a warning naming them."""
     args = build_parser().parse_args(["--model", "demo", "--device", "cpu", "--lora", "octave-up"])
     config = config_from_args(args)
     assert config.loras == {"octave-up": "octave-up"}
     config = dataclasses.replace(config, data_dir=tmp_path / "data", poll_interval_s=0.05)
     app = create_app(config)  # loads the demo model itself, as `serve` does
-    body = {"prompt": "a sine melody", "duration": 1.0, "seed": 3, "steps": 2}
+    body = {"prompt": "sine wave a4", "duration": 2.0, "seed": 3}
     with live_server(app) as base, httpx.Client(base_url=base, timeout=30) as client:
         demo = app.state.server.models["demo"]
         assert client.get("/v1/models").json()[0]["loras"] == ["octave-up"]
         plain = wait(client, submit(client, **body))
         shifted = wait(client, submit(client, **body, loras=[{"name": "octave-up", "strength": 1.0}]))
         assert plain["status"] == shifted["status"] == "completed", (plain, shifted)
+        assert plain["warnings"] == []
         plain_audio, shifted_audio = fetch(client, plain["id"])[0], fetch(client, shifted["id"])[0]
-    assert not np.allclose(plain_audio, shifted_audio, atol=1e-4)
+        typo = client.post("/v1/generate", json={"prompt": "whte noise", "duration": 1.0, "steps": 1})
+        assert typo.status_code == 202
+        (warning,) = typo.json()["warnings"]
+        assert warning.startswith("prompt 'whte noise': ") and "'whte' (nearest known: white" in warning
+        assert client.get(typo.json()["url"]).json()["warnings"] == [warning]
+    assert abs(strongest_hz(plain_audio) - 440) < 440 * 0.03
+    assert abs(strongest_hz(shifted_audio) - 880) < 880 * 0.03
     assert len(demo.loras) == 0
     demo.load_lora("octave-up")
     try:
-        alone = demo.generate("a sine melody", duration=1.0, seed=3, steps=2)[0]
+        alone = demo.generate("sine wave a4", duration=2.0, seed=3)[0]
     finally:
         demo.unload_lora()
     assert rel_err(torch.from_numpy(shifted_audio.T.copy()), alone) < 1e-3

@@ -57,7 +57,23 @@ class Deleted(BaseModel):
     deleted: bool
 
 
-def job_info(job: Job, store: JobStore) -> dict:
+def prompt_warnings(model: Any, params: dict) -> list[str]:
+    """One line per prompt (or negative prompt) with words the model's closed vocabulary does not know."""
+    from ..vocabulary import describe_unknown, unknown_words
+
+    if model is None:
+        return []
+    lines = []
+    for field in ("prompt", "negative_prompt"):
+        texts = params.get(field) or []
+        for text in dict.fromkeys([texts] if isinstance(texts, str) else texts):
+            message = describe_unknown(unknown_words(model, text))
+            if message:
+                lines.append(f"{field} {text!r}: {message}")
+    return lines
+
+
+def job_info(job: Job, store: JobStore, model: Any = None) -> dict:
     if job.status == COMPLETED:
         progress = 1.0
     else:
@@ -84,6 +100,7 @@ def job_info(job: Job, store: JobStore) -> dict:
         "error": job.error,
         "audio_urls": [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))],
         "request": {**job.params, "inputs": sorted(job.inputs)},
+        "warnings": prompt_warnings(model, job.params),
     }
 
 
@@ -245,14 +262,16 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
         if name in state.workers:
             state.workers[name].wake()
         return JSONResponse(
-            {"id": job_id, "status": QUEUED, "url": f"/v1/jobs/{job_id}", "seeds": seeds},
+            {"id": job_id, "status": QUEUED, "url": f"/v1/jobs/{job_id}", "seeds": seeds,
+             "warnings": prompt_warnings(state.models[name], params)},
             status_code=202,
             headers={"Location": f"/v1/jobs/{job_id}"},
         )
 
     @app.get("/v1/jobs/{job_id}", response_model=JobInfo, responses=errors, summary="Job status and details")
     def get_job_info(job_id: str):
-        return job_info(get_job(job_id), state.store)
+        job = get_job(job_id)
+        return job_info(job, state.store, state.models.get(job.model))
 
     @app.delete(
         "/v1/jobs/{job_id}",
@@ -271,7 +290,7 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             raise RequestError(404, "job_id", f"no job {job_id!r}", kind="not_found")
         if job.status == CANCELLED:
             state.metrics.inc("sa3_jobs_finished_total", model=job.model, status=CANCELLED)
-        return job_info(job, state.store)
+        return job_info(job, state.store, state.models.get(job.model))
 
     @app.get(
         "/v1/jobs/{job_id}/audio",

@@ -257,12 +257,15 @@ class JobInfo(BaseModel):
     error: str | None
     audio_urls: list[str]
     request: dict
+    warnings: list[str] = Field([], description="things the model will not follow, e.g. prompt words outside a "
+                                                "closed vocabulary (the demo's), with the nearest known ones")
 
 
 class JobCreated(BaseModel):
     id: str
     status: str
     url: str
+    warnings: list[str] = []
     seeds: list[int]
 
 
