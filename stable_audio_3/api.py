@@ -36,7 +36,7 @@ from .models.attention import check_backend
 from .models.dit import check_attention_padding
 from .models.same import SAMEAutoencoder
 from .precision import TIERS, apply_tier, resolve_precision
-from .request import FIELDS, GenerationRequest, ModelDefaults
+from .request import DEFAULT_LIMITS, FIELDS, GenerationRequest, Limits, ModelDefaults
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,29 @@ def _check_chunking(chunk_size: int, overlap: int) -> None:
         raise ValueError(f"overlap={overlap!r} is invalid; an integer in [0, chunk_size={chunk_size}) is required")
 
 
+class _ConfigSection:
+    """Turns a config mistake found while a module is built from it (a missing key, a wrong type) into
+    a `ModelLoadError` naming the file and the section."""
+
+    def __init__(self, source: str, section: str):
+        self.source, self.section = source, section
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if isinstance(error, (KeyError, TypeError, ValueError, IndexError, AttributeError)) and not isinstance(
+                error, ModelLoadError):
+            what = f"lacks the field {error.args[0]!r}" if isinstance(error, KeyError) else f"is invalid ({error})"
+            raise ModelLoadError(f"model config {self.source}: {self.section} {what}") from error
+        return False
+
+
 def build_autoencoder(config: dict, state: dict[str, torch.Tensor] | None, source: str,
                       device: torch.device | str = "cpu") -> SAMEAutoencoder:
     """A SAME autoencoder from a (full or standalone) model config and its checkpoint tensors."""
-    ae_cfg, _ = autoencoder_section(config, source)
-    with torch.device("meta"):
+    ae_cfg, prefix = autoencoder_section(config, source)
+    with torch.device("meta"), _ConfigSection(source, "model.pretransform.config" if prefix else "model"):
         ae = SAMEAutoencoder(ae_cfg, sample_rate=config.get("sample_rate", 44100))
     if state is None:
         return ae
@@ -113,7 +131,7 @@ class AutoencoderModel:
         keys = {k[len(prefix):]: k for k in ckpt.keys() if k.startswith(prefix)}
         if prefix and not keys:
             raise ModelLoadError(f"{source} holds no '{prefix}*' tensors; it is not a full SA3 checkpoint")
-        ae = build_autoencoder(files.config, None, source)
+        ae = build_autoencoder(files.config, None, str(files.config_path))
         load_part(ae, ckpt, keys, f"autoencoder checkpoint {source}", device, ae_dtype)
         ae.set_attention_backend(backend)
         return cls(ae, device)
@@ -134,9 +152,9 @@ class AutoencoderModel:
         if isinstance(sr, Sequence) and not isinstance(sr, str):
             if len(sr) != len(items):
                 raise ValueError(f"sr: {len(sr)} sample rates given for {len(items)} clips; give one per clip")
-            rates = [check_sample_rate(r, "sr") for r in sr]
+            rates = [check_sample_rate(r, "sr", *RATE_RANGE) for r in sr]
         else:
-            rates = [check_sample_rate(sr, "sr")] * len(items)
+            rates = [check_sample_rate(sr, "sr", *RATE_RANGE)] * len(items)
         clips = []
         for i, (item, rate) in enumerate(zip(items, rates, strict=True)):
             name = "audio" if len(items) == 1 else f"audio[{i}]"
@@ -192,6 +210,7 @@ class AutoencoderModel:
         return audio.float()
 
 
+RATE_RANGE = (DEFAULT_LIMITS.min_input_rate, DEFAULT_LIMITS.max_input_rate)
 CHECKPOINT_PARTS = {"dit": DIT_PREFIX, "autoencoder": AE_PREFIX, "conditioner": CONDITIONER_PREFIX}
 
 
@@ -233,7 +252,8 @@ class StableAudioModel:
                         attention_padding: str = "exclude", attention_backend: str | None = None,
                         text_encoder: str | os.PathLike | None = None, revision: str | None = None,
                         token: str | None = None, offload_text_encoder: bool = False,
-                        precision: str | None = None, compile: bool = False) -> StableAudioModel:
+                        precision: str | None = None, compile: bool = False,
+                        limits: Limits | None = None) -> StableAudioModel:
         """Load a Stable Audio 3 model.
 
         `name_or_path`: an existing path wins: a folder laid out like the Hub repo (model_config.json,
@@ -258,7 +278,9 @@ class StableAudioModel:
         `compile=True` compiles the sampling step and the SAME decoder with torch.compile (on CUDA the
         step is captured as a CUDA graph, per bucket of latent lengths; see `compiling`): the first
         generation (and the first of each new length bucket on CUDA) takes longer; LoRAs still work.
-        Any loading problem raises `ModelLoadError` with what to do about it.
+        `limits` (`request.Limits`; default: its documented defaults, e.g. at most 1000 steps and 64
+        items) bounds every request this model takes; raise them here for longer jobs.
+        Any loading problem, a config missing a field included, raises `ModelLoadError` naming it.
         """
         from .models.conditioning import Conditioner
         from .models.dit import DiffusionTransformer
@@ -267,6 +289,10 @@ class StableAudioModel:
 
         check_attention_padding(attention_padding)
         backend = check_backend(attention_backend)
+        if limits is not None and not isinstance(limits, Limits):
+            raise TypeError(f"limits: expected a stable_audio_3.request.Limits, got {type(limits).__name__}")
+        if not isinstance(compile, bool):
+            raise ValueError(f"compile={compile!r} is invalid; allowed: True, False")
         device = resolve_device(device)
         if precision is not None and dtype is not None:
             raise ValueError(f"precision={precision!r} and dtype={dtype!r} were both given; a precision tier sets "
@@ -286,10 +312,13 @@ class StableAudioModel:
         source = str(files.checkpoint_path)
         ckpt = SafetensorsFile(files.checkpoint_path)
         keys = split_checkpoint_keys(ckpt.keys(), CHECKPOINT_PARTS, source)
+        config_source = str(files.config_path)
         with torch.device("meta"):
-            dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
-            conditioner = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
-        ae = build_autoencoder(cfg, None, source)
+            with _ConfigSection(config_source, "model.diffusion.config"):
+                dit = DiffusionTransformer.from_config(cfg["model"]["diffusion"]["config"])
+            with _ConfigSection(config_source, "model.conditioning"):
+                conditioner = Conditioner.from_config(cfg["model"]["conditioning"], cfg["model"]["diffusion"])
+        ae = build_autoencoder(cfg, None, config_source)
         parts = {  # part: (module, dtype, name in messages)
             "dit": (dit, tier.dit, "DiT"),
             "conditioner": (conditioner, tier.conditioner, "conditioner"),
@@ -304,10 +333,10 @@ class StableAudioModel:
         attach_text_encoder(conditioner, files, text_encoder, device, token=token, offload=bool(offload_text_encoder))
         apply_tier(tier, dit, ae, conditioner.prompt_conditioners()["prompt"].text_encoder.model)
         loras = LoraSet({"model.": dit, "": conditioner}, skip_prefixes=("conditioners.prompt.text_encoder",))
-        model = cls(Components(conditioner, dit, ae, cfg, device, attention_padding, loras), files)
+        components = Components(conditioner, dit, ae, cfg, device, attention_padding, loras,
+                                limits=DEFAULT_LIMITS if limits is None else limits)
+        model = cls(components, files)
         model.precision = tier_name
-        if not isinstance(compile, bool):
-            raise ValueError(f"compile={compile!r} is invalid; allowed: True, False")
         if compile:
             from .compiling import compile_components
 
@@ -315,9 +344,20 @@ class StableAudioModel:
         return model
 
     @property
+    def limits(self) -> Limits:
+        """What every request to this model is held to (`from_pretrained(limits=...)`; see `Limits`)."""
+        return self.components.limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        if not isinstance(limits, Limits):
+            raise TypeError(f"limits: expected a stable_audio_3.request.Limits, got {type(limits).__name__}")
+        self.components.limits = limits
+
+    @property
     def defaults(self) -> ModelDefaults:
         """The model's recommended settings and limits, which fill a request's unset options."""
-        return ModelDefaults.from_config(self.components.config)
+        return ModelDefaults.from_config(self.components.config, self.limits)
 
     @property
     def max_duration(self) -> float:
@@ -349,7 +389,11 @@ class StableAudioModel:
 
         `callback(step, total, x)` is called after every sampling step (x: the current clean-latent
         estimate); returning False stops the run with `GenerationCancelled`. The result carries the
-        audio (B, C, T) float32 (or the latents), the seeds used and the resolved request."""
+        audio (B, C, T) float32 (or the latents), the seeds used and the resolved request.
+
+        Raises `OptionError` (a ValueError) for a bad or too-large request, before any model runs;
+        `NonFiniteAudio` (a ValueError naming the likely cause) instead of returning NaN or infinite
+        samples; ValueError for an unreadable input audio file."""
         from .pipeline import generate
 
         resolved = request.resolve(self.defaults)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .request import DEFAULT_LIMITS
+
 SAMPLE_RATE = 44100
 
 
@@ -36,24 +38,60 @@ def _sinc_kernel(orig: int, new: int, lowpass_width: int = 6, rolloff: float = 0
     return kernel.to(torch.float32), width
 
 
-def resample(audio: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
-    """Resample along the last axis from `orig_sr` to `new_sr` (any leading shape)."""
+MAX_KERNEL_VALUES = 1 << 22  # past this (rates with a small common divisor, 44101 Hz) taps are made per output
+
+
+def resample(audio: torch.Tensor, orig_sr: int, new_sr: int, max_length: int | None = None) -> torch.Tensor:
+    """Resample along the last axis from `orig_sr` to `new_sr` (any leading shape).
+
+    `max_length`: only the first max_length output samples are wanted, so only the input they need is
+    read (the same samples as resampling everything, then cropping). Memory stays bounded for any pair
+    of rates: when the polyphase kernel would be large, each output's taps are made as they are used."""
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     if orig_sr == new_sr:
-        return audio
+        return audio if max_length is None else audio[..., :max_length]
     g = math.gcd(int(orig_sr), int(new_sr))
     orig, new = int(orig_sr) // g, int(new_sr) // g
-    kernel, width = _sinc_kernel(orig, new)
-    kernel = kernel.to(device=audio.device, dtype=audio.dtype)
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))  # as _sinc_kernel's
+    if max_length is not None:
+        audio = audio[..., : math.ceil(max_length * orig / new) + width + orig + 1]
     shape = audio.shape
     x = audio.reshape(-1, shape[-1])
     length = x.shape[-1]
-    x = F.pad(x, (width, width + orig))
-    y = F.conv1d(x[:, None], kernel, stride=orig)
-    y = y.transpose(1, 2).reshape(x.shape[0], -1)
     target = math.ceil(new * length / orig)
-    return y[..., :target].reshape(*shape[:-1], -1)
+    if new * (2 * width + orig) > MAX_KERNEL_VALUES:
+        y = _resample_direct(x, orig, new, target)
+    else:
+        kernel, width = _sinc_kernel(orig, new)
+        kernel = kernel.to(device=audio.device, dtype=audio.dtype)
+        x = F.pad(x, (width, width + orig))
+        y = F.conv1d(x[:, None], kernel, stride=orig)
+        y = y.transpose(1, 2).reshape(x.shape[0], -1)
+    y = y[..., :target] if max_length is None else y[..., : min(target, max_length)]
+    return y.reshape(*shape[:-1], -1)
+
+
+def _resample_direct(x: torch.Tensor, orig: int, new: int, target: int, lowpass_width: int = 6,
+                     rolloff: float = 0.99) -> torch.Tensor:
+    """(rows, T) -> (rows, target) with `_sinc_kernel`'s filter, evaluated per output sample at its own
+    offset (only the taps inside the filter's support), a block of outputs at a time."""
+    base = min(orig, new) * rolloff
+    width = math.ceil(lowpass_width * orig / base)
+    taps = torch.arange(-width, width + 2, device=x.device)
+    xp = F.pad(x, (width + 1, width + 2))
+    block = max(1, (1 << 22) // (len(taps) * max(1, x.shape[0])))
+    out = []
+    for m0 in range(0, target, block):
+        m = torch.arange(m0, min(target, m0 + block), device=x.device, dtype=torch.int64)
+        k = (m * orig // new)[:, None] + taps  # input samples around each output's position
+        t = (k * new - m[:, None] * orig).float() * (base / (orig * new))  # exact offsets, then float32
+        t = t.clamp(-lowpass_width, lowpass_width)
+        window = torch.cos(t * math.pi / lowpass_width / 2) ** 2
+        t = t * math.pi
+        w = torch.where(t == 0, torch.ones_like(t), t.sin() / t) * window * (base / orig)
+        out.append((xp[:, k + width + 1] * w.to(x.dtype)).sum(-1))
+    return torch.cat(out, dim=-1) if out else x.new_zeros(x.shape[0], 0)
 
 
 def numpy_to_tensor(audio: np.ndarray, name: str = "audio") -> torch.Tensor:
@@ -105,9 +143,12 @@ def check_audio_values(t: torch.Tensor, name: str = "audio") -> None:
         raise ValueError(f"{name}: audio contains NaN or infinite samples; all samples must be finite")
 
 
-def check_sample_rate(sr, name: str = "sample_rate") -> int:
-    if isinstance(sr, bool) or not isinstance(sr, (int, np.integer, float)) or sr <= 0 or int(sr) != sr:
-        raise ValueError(f"{name}={sr!r} is invalid; a positive integer number of Hz is required")
+def check_sample_rate(sr, name: str = "sample_rate", low: int = 1, high: int | None = None) -> int:
+    """An integer number of Hz in [low, high] (NaN and infinities refused by name), else ValueError."""
+    ok = not isinstance(sr, bool) and isinstance(sr, (int, np.integer, float, np.floating)) and math.isfinite(sr)
+    if not (ok and int(sr) == sr and low <= sr and (high is None or sr <= high)):
+        allowed = f"an integer number of Hz in [{low}, {high}]" if high else "a positive integer number of Hz"
+        raise ValueError(f"{name}={sr!r} is invalid; {allowed} is required")
     return int(sr)
 
 
@@ -127,10 +168,10 @@ def pad_or_crop(audio: torch.Tensor, length: int) -> torch.Tensor:
     return out
 
 
-MIN_INPUT_RATE = 1_000
-MAX_INPUT_RATE = 768_000
-MAX_INPUT_CHANNELS = 8
-MAX_INPUT_VALUES = 1_000 * 192_000 * 2  # samples x channels: 1000 s of 192 kHz stereo (1.5 GB as float32)
+# The input bounds of `request.Limits` (its defaults); a model's own limits are passed in where they apply.
+MIN_INPUT_RATE, MAX_INPUT_RATE = DEFAULT_LIMITS.min_input_rate, DEFAULT_LIMITS.max_input_rate
+MAX_INPUT_CHANNELS = DEFAULT_LIMITS.max_input_channels
+MAX_INPUT_VALUES = DEFAULT_LIMITS.max_input_values
 
 
 class AudioTooLarge(ValueError):

@@ -22,9 +22,11 @@ from typing import Any
 
 from . import output
 from .request import (
+    DEFAULT_LIMITS,
     FIELDS,
     LOAD_FIELDS,
     PYTHON_ONLY,
+    SEED_MAX,
     GenerationRequest,
     LoadOptions,
     OptionError,
@@ -317,6 +319,7 @@ def _output_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
     suffix = out.suffix.lower()
     if suffix not in output.OUTPUT_FORMATS:
         p.error(f"-o/--output: unsupported extension {out.suffix!r}; allowed: {', '.join(output.OUTPUT_FORMATS)}")
+    _writable(p, out)
     if args.bit_depth is not None and args.bit_depth not in output.BIT_DEPTHS.get(suffix, {}):
         allowed = {s: sorted(d) for s, d in output.BIT_DEPTHS.items()}
         p.error(f"--bit-depth {args.bit_depth} does not apply to {suffix} output; allowed: {allowed}")
@@ -331,9 +334,28 @@ def _output_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
     args.output = out
 
 
+def _input_audio_checks(p: argparse.ArgumentParser, request: GenerationRequest) -> None:
+    """Read --init-audio / --inpaint-audio now (bounded by the limits), so that an unreadable or
+    too-large file is a usage error before the model loads, not a failure after it."""
+    from .audio import read_audio
+
+    for name in ("init_audio", "inpaint_audio"):
+        path = getattr(request, name)
+        if path is None:
+            continue
+        try:
+            audio, sr = read_audio(path, max_values=DEFAULT_LIMITS.max_input_values, name=f"{flag(name)} {path}")
+            DEFAULT_LIMITS.check_audio(name, sr, audio.shape[0], audio.shape[-1])
+        except OptionError as e:
+            p.error(describe(e))
+        except (ValueError, OSError) as e:
+            p.error(str(e))
+
+
 def check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace
                         ) -> tuple[GenerationRequest, LoadOptions, list[tuple[str, float]]]:
-    """Every check that needs no model, before any loads; a mistake exits with code 2 naming the flag."""
+    """Every check that needs no model, before any loads; a mistake exits with code 2 naming the flag.
+    Input audio files are read here too."""
     loras = _lora_checks(p, args)
     _output_checks(p, args)
     try:
@@ -341,6 +363,7 @@ def check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace
         load = LoadOptions.from_namespace(args)
     except OptionError as e:
         p.error(describe(e))
+    _input_audio_checks(p, request)
     return request, load, loras
 
 
@@ -371,38 +394,83 @@ def _generate(args: argparse.Namespace, request: GenerationRequest, load: LoadOp
         print(f"wrote {path} ({item.shape[-1] / sr:.2f} s, seed {output.item_seed(gen.seeds, i)}{shared}{note})")
 
 
+def _writable(p: argparse.ArgumentParser, out: Path) -> None:
+    """An output path that can be written: not a folder, and in a folder that exists (or can be made)
+    and takes files."""
+    import os
+
+    if out.is_dir():
+        p.error(f"-o/--output: {out} is a folder; a file name is required")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        p.error(f"-o/--output: cannot write {out}: {folder} is not a writable folder")
+
+
 # -- autoencoder ------------------------------------------------------------------------------------
 
 
-def _encode(args: argparse.Namespace) -> None:
+def _encode(args: argparse.Namespace, audio, sr: int, out: Path) -> None:
+    import os
+    import tempfile
+
     from safetensors.torch import save_file
 
     from .api import AutoencoderModel
-    from .audio import read_audio
 
     ae = AutoencoderModel.from_pretrained(args.model, device=args.device)
-    audio, sr = read_audio(args.input)
     latents = ae.encode(audio, sr, chunked=args.chunked)
-    out = Path(args.output or Path(args.input).with_suffix(".latents.safetensors"))
-    save_file({"latents": latents.cpu().contiguous()}, str(out),
-              metadata={"sample_rate": str(ae.sample_rate), "source": str(args.input)})
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".safetensors", dir=out.parent)
+    except OSError as e:
+        raise OSError(f"cannot write {out}: {e.strerror or e}") from None
+    os.close(fd)
+    try:  # written whole or not at all, as the audio files are
+        save_file({"latents": latents.cpu().contiguous()}, tmp,
+                  metadata={"sample_rate": str(ae.sample_rate), "source": str(args.input)})
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     print(f"wrote {out}: latents {tuple(latents.shape)} from {audio.shape[-1] / sr:.2f} s at {sr} Hz")
 
 
-def _decode(args: argparse.Namespace) -> None:
+def read_latents(path: str):
+    """The 'latents' tensor of a .safetensors file, checked: (latent_dim, frames) or (batch, latent_dim,
+    frames), at least one frame, finite. A file that is not such a file is a ValueError naming it."""
     import torch
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            if "latents" not in keys:
+                raise ValueError(f"{path}: no 'latents' tensor inside (found: {', '.join(keys) or 'nothing'})")
+            latents = f.get_tensor("latents")
+    except ValueError:
+        raise
+    except Exception as e:  # safetensors' own error type: not a safetensors file, truncated, ...
+        raise ValueError(f"{path}: not a readable .safetensors latents file ({e})") from None
+    if latents.dim() not in (2, 3) or latents.shape[-1] == 0 or not latents.is_floating_point():
+        raise ValueError(f"{path}: 'latents' is {latents.dtype} {tuple(latents.shape)}; floating-point (latent_dim, "
+                         "frames) or (batch, latent_dim, frames) with at least one frame is required")
+    if not bool(torch.isfinite(latents).all()):
+        raise ValueError(f"{path}: 'latents' holds NaN or infinite values")
+    return latents
+
+
+def _decode(args: argparse.Namespace, latents) -> None:
+    import torch
 
     from .api import AutoencoderModel
     from .audio import write_audio
 
     ae = AutoencoderModel.from_pretrained(args.model, device=args.device)
-    tensors = load_file(args.input)
-    if "latents" not in tensors:
-        raise ValueError(f"{args.input}: no 'latents' tensor inside (found: {', '.join(tensors)})")
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    audio = ae.decode(tensors["latents"], chunked=args.chunked, noise=not args.no_noise)
+    audio = ae.decode(latents, chunked=args.chunked, noise=not args.no_noise)
     outputs = [write_audio(path, item, ae.sample_rate)
                for path, item in zip(output.output_paths(args.output, len(audio)), audio, strict=True)]
     print("wrote " + ", ".join(str(o) for o in outputs))
@@ -419,17 +487,72 @@ def build_autoencoder_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     p.add_argument("--chunked", action="store_true", help="process in overlapping chunks (less memory)")
     if command == "decode":
-        p.add_argument("--seed", type=int, default=None, help="seed for the decoder's noise draws")
+        p.add_argument("--seed", type=Number(0, SEED_MAX, integer=True), default=None,
+                       help="seed for the decoder's noise draws")
         p.add_argument("--no-noise", action="store_true", help="skip the decoder's dither and mask noise")
     return p
+
+
+def check_autoencoder_args(p: argparse.ArgumentParser, command: str, args: argparse.Namespace) -> tuple:
+    """encode: the audio read and the output checked; decode: the latents read and the output's format
+    checked; all before the model loads (a mistake exits with code 2)."""
+    if command == "encode":
+        from .audio import read_audio
+
+        try:
+            audio, sr = read_audio(args.input, max_values=DEFAULT_LIMITS.max_input_values)
+            DEFAULT_LIMITS.check_audio(args.input, sr, audio.shape[0], audio.shape[-1])
+        except (ValueError, OSError) as e:  # OptionError included
+            p.error(str(e))
+        out = Path(args.output or Path(args.input).with_suffix(".latents.safetensors"))
+        _writable(p, out)
+        return audio, sr, out
+    out = Path(args.output)
+    if out.suffix.lower() not in output.OUTPUT_FORMATS:
+        p.error(f"-o/--output: unsupported extension {out.suffix!r}; allowed: {', '.join(output.OUTPUT_FORMATS)}")
+    _writable(p, out)
+    try:
+        return (read_latents(args.input),)
+    except ValueError as e:
+        p.error(str(e))
 
 
 # -- entry point ------------------------------------------------------------------------------------
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the same cleanup as Ctrl-C runs (no temporary files)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`stable-audio`: 0 on success, 2 for a usage mistake (before any model loads), 1 for a failure,
+    130 / 143 when interrupted / terminated; errors are one line, never a traceback."""
+    import signal
+
+    previous = None
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("generate", "encode", "decode", "serve") else "generate"
+    if argv[:1] != ["serve"]:  # the server handles its own signals
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        return _main(argv)
+    except Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in ("generate", "encode", "decode", "serve", "long") else "generate"
     if argv and argv[0] == command:
         argv = argv[1:]
     if command == "serve":
@@ -439,20 +562,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{PROG}: error: the server is not available in this install ({e})", file=sys.stderr)
             return 1
         return serve_main(argv)
+    if command == "long":  # long-form generation: its own module, built on the same request type
+        from .longform_cli import main as long_main
+
+        return long_main(argv)
 
     parser = build_generate_parser() if command == "generate" else build_autoencoder_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    checked = check_generate_args(parser, args) if command == "generate" else None
+    if command == "generate":
+        checked = check_generate_args(parser, args)
+    else:
+        checked = check_autoencoder_args(parser, command, args)
 
     from .loading import ModelLoadError
     from .pipeline import GenerationCancelled
 
     try:
-        if checked is not None:
-            _generate(args, *checked)
-        else:
-            {"encode": _encode, "decode": _decode}[command](args)
+        {"generate": _generate, "encode": _encode, "decode": _decode}[command](args, *checked)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
@@ -461,6 +588,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ModelLoadError, ValueError, TypeError, OSError, GenerationCancelled) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug, not a user's mistake: still one line (-v logs the traceback)
+        log.info("traceback", exc_info=True)
+        print(f"{PROG}: error: unexpected {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     return 0
 

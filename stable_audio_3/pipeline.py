@@ -23,13 +23,17 @@ from .models.conditioning import Conditioner
 from .models.lora import LoraSet
 from .models.same import SAMEAutoencoder
 from .plan import Plan, make_plan
-from .request import GenerationRequest
+from .request import DEFAULT_LIMITS, GenerationRequest, Limits
 from .sampling import STEPS, noised_init
 
 log = logging.getLogger(__name__)
 
 class GenerationCancelled(RuntimeError):
     """The progress callback returned False."""
+
+
+class NonFiniteAudio(ValueError):
+    """The run produced NaN or infinite samples; generate() raises this instead of returning them."""
 
 
 @dataclass
@@ -45,6 +49,7 @@ class Components:
     loras: LoraSet | None = None
     compile_step: Callable[[Callable], Callable] | None = None  # wraps each step function (torch.compile)
     bucket: Callable[[int], int] | None = None  # latent length -> the compiled step's (see compiling.py)
+    limits: Limits = DEFAULT_LIMITS  # what requests are held to (see request.Limits)
 
     @property
     def sample_rate(self) -> int:
@@ -69,7 +74,7 @@ PASTE_BACK_FADE_SECONDS = 0.02
 
 def prepare_audio_input(c: Components, audio: torch.Tensor, sr: int, num_samples: int) -> torch.Tensor:
     """(1, channels, num_samples) float32: resampled, cropped or zero-padded to the generated length."""
-    audio = resample(audio.to(c.device, torch.float32), sr, c.sample_rate)
+    audio = resample(audio.to(c.device, torch.float32), sr, c.sample_rate, max_length=num_samples)
     return set_channels(pad_or_crop(audio, num_samples), c.autoencoder.audio_channels).unsqueeze(0)
 
 
@@ -217,6 +222,24 @@ def generate(c: Components, request: GenerationRequest, callback=None) -> tuple[
     plan = make_plan(c, request)
     enc = encode(c, plan)
     latents = sample_plan(c, plan, enc, callback)
-    if request.return_latents:
-        return latents, plan.seeds
-    return decode(c, plan, latents, enc.inpaint_wave), plan.seeds
+    result = latents if request.return_latents else decode(c, plan, latents, enc.inpaint_wave)
+    if not bool(torch.isfinite(result).all()):
+        raise NonFiniteAudio(non_finite_message(c, request, "latents" if request.return_latents else "audio"))
+    return result, plan.seeds
+
+
+def non_finite_message(c: Components, r: GenerationRequest, what: str) -> str:
+    """Why a run's output is not finite: the options that can overflow it, the likeliest first."""
+    causes = []
+    loras = c.loras
+    if loras is not None and len(loras):
+        strengths = ", ".join(f"{name} (lora_index {i}) at strength {s:g}"
+                              for i, (name, s) in enumerate(zip(loras.names, loras.strengths, strict=True)))
+        causes.append(f"the LoRA strength or the LoRA file ({strengths}); try a strength nearer 1 or another file")
+    if r.dist_shift is not None:
+        causes.append(f"the shift options dist_shift={r.dist_shift!r}; try dist_shift=None (the model's)")
+    if r.cfg_scale > 10 or r.cfg_norm_threshold > 0 or r.scale_phi > 0:
+        causes.append(f"strong guidance (cfg_scale={r.cfg_scale:g}); try a smaller cfg_scale")
+    if not causes:
+        causes.append("the model's weights (a damaged checkpoint) or the compute dtype; try dtype='float32'")
+    return f"the generated {what} contains NaN or infinite values; likely cause: " + "; or ".join(causes)

@@ -20,7 +20,7 @@ from . import masks
 from .audio import as_channels_first, check_sample_rate, read_audio
 from .guidance import cfg_applies
 from .models.noise import NoiseSource
-from .request import GenerationRequest, OptionError, inpaint_regions, is_number
+from .request import DEFAULT_LIMITS, GenerationRequest, Limits, OptionError, inpaint_regions, is_number
 from .sampling import build_schedule, call_times, random_seed, shift_from_options, step_tables
 
 
@@ -54,14 +54,45 @@ class Plan:
         return len(self.lengths)
 
 
-def load_audio_input(value, name: str) -> tuple[torch.Tensor, int]:
+def load_audio_input(value, name: str, limits: Limits = DEFAULT_LIMITS) -> tuple[torch.Tensor, int]:
     """(sample_rate, audio) as the reference takes it, (audio, sample_rate) as torchaudio returns it
-    (told apart by type), or a path to an audio file. Audio: tensor (C, T) / (T,), numpy (T,) / (T, C)."""
+    (told apart by type), or a path to an audio file. Audio: tensor (C, T) / (T,), numpy (T,) / (T, C).
+    Rates, channels and sizes are held to `limits` (a file's while it is decoded)."""
     if not isinstance(value, (tuple, list)):
-        return read_audio(value)
+        try:
+            audio, sr = read_audio(value, max_values=limits.max_input_values, name=name)
+        except FileNotFoundError as e:
+            raise OptionError(name, str(value), "", str(e)) from None
+        limits.check_audio(name, sr, audio.shape[0], audio.shape[-1])
+        return audio, sr
     first, second = value
     sr, audio = (first, second) if is_number(first) else (second, first)
-    return as_channels_first(audio, name), check_sample_rate(sr, f"{name} sample rate")
+    sr = check_sample_rate(sr, f"{name} sample rate", limits.min_input_rate, limits.max_input_rate)
+    audio = as_channels_first(audio, name)
+    limits.check_audio(name, sr, audio.shape[0], audio.shape[-1])
+    return audio, sr
+
+
+def sampling_shift(r: GenerationRequest, config: dict):
+    """The request's dist_shift (else the config's) as a shift object; options the shift's class does
+    not take are refused naming dist_shift."""
+    shift = r.dist_shift
+    if shift is not None and not isinstance(shift, dict):
+        return shift
+    options = shift if shift is not None else config["model"]["diffusion"].get("sampling_distribution_shift_options")
+    try:
+        return shift_from_options(options)
+    except (ValueError, TypeError) as e:
+        where = "" if shift is not None else "the model config's sampling_distribution_shift_options: "
+        raise OptionError("dist_shift", options, "", f"{where}{e}") from None
+
+
+def check_schedule(schedule: torch.Tensor, r: GenerationRequest) -> None:
+    """A schedule from the shift must be finite and inside [0, 1], or sampling makes NaN audio."""
+    if not bool(torch.isfinite(schedule).all()) or float(schedule.min()) < 0 or float(schedule.max()) > 1:
+        given = "the model config's sampling_distribution_shift_options" if r.dist_shift is None else "these options"
+        raise OptionError("dist_shift", r.dist_shift, "", f"{given} give a schedule with NaN or infinite steps, or "
+                          f"steps outside [0, 1] (e.g. {schedule.flatten()[:4].tolist()}); choose other shift options")
 
 
 def inpaint_layout(request: GenerationRequest, inpaint: tuple[torch.Tensor, int] | None):
@@ -97,13 +128,11 @@ def make_plan(c, request: GenerationRequest) -> Plan:
     """Plan a resolved request for the components `c` (see `pipeline.Components`)."""
     r, device, sr = request, c.device, c.sample_rate
     b = r.batch_size
-    init = load_audio_input(r.init_audio, "init_audio") if r.init_audio is not None else None
-    inpaint = load_audio_input(r.inpaint_audio, "inpaint_audio") if r.inpaint_audio is not None else None
+    limits = getattr(c, "limits", DEFAULT_LIMITS)
+    shift = sampling_shift(r, c.config)
+    init = load_audio_input(r.init_audio, "init_audio", limits) if r.init_audio is not None else None
+    inpaint = load_audio_input(r.inpaint_audio, "inpaint_audio", limits) if r.inpaint_audio is not None else None
     starts, ends = inpaint_layout(r, inpaint)
-    shift = r.dist_shift
-    if shift is None or isinstance(shift, dict):
-        shift = shift_from_options(shift if shift is not None else
-                                   c.config["model"]["diffusion"].get("sampling_distribution_shift_options"))
     ratio = c.autoencoder.downsampling_ratio
     encoder_cfg = c.config["model"]["pretransform"]["config"]["encoder"]["config"]
     num_samples = masks.audio_sample_size(
@@ -122,6 +151,7 @@ def make_plan(c, request: GenerationRequest) -> Plan:
     sigma_max = r.init_noise_level if init is not None else 1.0
     content = masks.content_latents(r.duration, sample_rate=sr, downsampling_ratio=ratio)
     schedule = build_schedule(r.steps, content, sigma_max, shift)  # on the host: the plan reads it
+    check_schedule(schedule, r)
     tables = step_tables(r.sampler_type, schedule, c.dtype)
     times = call_times(r.sampler_type, tables)
     guided = [tuple(cfg_applies(r.cfg_scale, t, r.cfg_interval) for t in ts) for ts in times]

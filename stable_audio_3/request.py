@@ -41,6 +41,7 @@ MAX_BATCH_SIZE = 64
 MAX_CFG_SCALE = 100.0
 MAX_PADDING_SECONDS = 60.0
 MAX_PROMPT_CHARS = 4000
+SHIFT_OPTION_TYPES = ("logsnr", "full", "flux", "none")  # sampling.SHIFT_TYPES, whose classes check the rest
 A2A_DEFAULT_NOISE_LEVEL = 0.9
 DEFAULT_DURATION_PADDING_SEC = 6.0
 REFERENCE_SAMPLE_SIZE = 5_292_032  # the reference generate()'s own cap (120 s) when a config has none
@@ -53,17 +54,68 @@ class OptionError(ValueError):
     """A refused option: `field` (the Python name), `value` and `allowed` (what would be accepted).
 
     `str()` spells the field as Python does; `spelled(name)` lets a surface use its own spelling
-    (`--cfg-scale` on the command line, the JSON field name on the server)."""
+    (`--cfg-scale` on the command line, the JSON field name on the server). `part` names what inside
+    the field is wrong (`.rate` of dist_shift), so the field stays the option's own name."""
 
-    def __init__(self, field: str, value: Any, allowed: str, detail: str | None = None):
+    def __init__(self, field: str, value: Any, allowed: str, detail: str | None = None, part: str = ""):
         self.field, self.value, self.allowed = field, value, allowed
-        self.detail = detail
+        self.detail, self.part = detail, part
         super().__init__(self.spelled(field))
 
     def spelled(self, name: str) -> str:
         if self.detail is not None:
             return f"{name}: {self.detail}"
-        return f"{name}={self.value!r} is invalid; {self.allowed}"
+        return f"{name}{self.part}={self.value!r} is invalid; {self.allowed}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How much work one request may ask for; every surface checks a request against one of these,
+    in `GenerationRequest.verify`, before any heavy work.
+
+    The defaults below bound a call to minutes and a few GB on a large model. A caller who needs more
+    raises them when loading (`StableAudioModel.from_pretrained(..., limits=Limits(max_steps=5000))`);
+    a server may make them stricter (`dataclasses.replace(model.limits, max_batch_size=4)`). The
+    model's own maximum (`sample_size`, its longest output) is never exceeded, whatever the limits.
+
+    - `max_steps` (1000): sampling steps.
+    - `max_batch_size` (64): items per call, so also the length of any per-item list (prompts, seeds).
+    - `max_prompt_chars` (4000): characters of one prompt or negative prompt.
+    - `max_total_seconds` (3840): batch size x the longest duration, the audio one call generates
+      (64 one-minute items, or ten of the medium model's 380 s).
+    - `min_input_rate`, `max_input_rate` (1 kHz, 768 kHz): sample rates of init / inpaint audio.
+    - `max_input_channels` (8), `max_input_values` (384e6: 1000 s of 192 kHz stereo, 1.5 GB as float32):
+      channels and samples x channels of init / inpaint audio, as given or as a file decodes (checked
+      from the header, then while decoding).
+    """
+
+    max_steps: int = MAX_STEPS
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_prompt_chars: int = MAX_PROMPT_CHARS
+    max_total_seconds: float = 3840.0
+    min_input_rate: int = 1_000
+    max_input_rate: int = 768_000
+    max_input_channels: int = 8
+    max_input_values: int = 1_000 * 192_000 * 2
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            check_number(getattr(self, f.name), f"Limits.{f.name}", 0, low_open=True, integer=f.type == "int")
+        if self.min_input_rate > self.max_input_rate:
+            raise OptionError("Limits.min_input_rate", self.min_input_rate, "", f"Limits.min_input_rate="
+                              f"{self.min_input_rate} is above Limits.max_input_rate={self.max_input_rate}")
+
+    def check_audio(self, name: str, sample_rate, channels: int, frames: int) -> None:
+        """An input's rate, channels and samples x channels against these limits, else OptionError."""
+        if not is_number(sample_rate) or not math.isfinite(sample_rate) or int(sample_rate) != sample_rate or not \
+                self.min_input_rate <= sample_rate <= self.max_input_rate:
+            raise OptionError(f"{name} sample rate", sample_rate, f"an integer number of Hz in [{self.min_input_rate}"
+                              f", {self.max_input_rate}] is required")
+        if not 1 <= channels <= self.max_input_channels:
+            raise OptionError(name, "...", "", f"{channels} channels; 1 to {self.max_input_channels} are allowed")
+        if frames * channels > self.max_input_values:
+            raise OptionError(name, "...", "", f"{frames} samples x {channels} channels is more than "
+                              f"{self.max_input_values} (Limits.max_input_values; {frames / sample_rate:.1f} s)")
 
 
 def option(default: Any = None, help: str = "", *, low: float | None = None, high: float | None = None,
@@ -150,16 +202,20 @@ class GenerationRequest:
                                       "device)", kind="text")
 
     # -- checks that need no model ----------------------------------------------------------
-    def verify(self) -> GenerationRequest:
-        """Raise `OptionError` for the first option that is invalid on its own or against the others;
-        returns self so calls chain."""
+    def verify(self, limits: Limits | None = None) -> GenerationRequest:
+        """Raise `OptionError` for the first option that is invalid on its own, against the others or
+        past `limits` (default: `DEFAULT_LIMITS`); returns self so calls chain."""
+        limits = DEFAULT_LIMITS if limits is None else limits
         prompts = _texts(self.prompt, "prompt", required=True)
         negatives = None if self.negative_prompt is None else _texts(self.negative_prompt, "negative_prompt")
-        n = self.implied_batch_size()
+        self.implied_batch_size(limits)  # the per-item lists agree, and fit the limits
         for name, values in (("prompt", prompts), ("negative_prompt", negatives)):
-            for p in values or []:
-                if len(p) > MAX_PROMPT_CHARS:
-                    raise OptionError(name, f"{p[:40]}...", "", f"{len(p)} characters; at most {MAX_PROMPT_CHARS}")
+            for i, p in enumerate(values or []):
+                where = name if len(values) == 1 else f"{name}[{i}]"
+                if len(p) > limits.max_prompt_chars:
+                    raise OptionError(where, f"{p[:40]}...", "", f"{len(p)} characters; at most "
+                                      f"{limits.max_prompt_chars} (Limits.max_prompt_chars)")
+                _check_encodable(p, where)
         if self.duration is not None:
             for d in _items(self.duration):
                 if not is_number(d) or not math.isfinite(d) or d <= 0:
@@ -168,8 +224,9 @@ class GenerationRequest:
                      "init_noise_level", "sample_size"):
             value = getattr(self, name)
             meta = FIELDS[name].metadata
+            high = limits.max_steps if name == "steps" else meta["high"]
             if value is not None or name in ("apg_scale", "scale_phi", "cfg_norm_threshold", "duration_padding_sec"):
-                check_number(value, name, meta["low"], meta["high"], integer=meta["integer"])
+                check_number(value, name, meta["low"], high, integer=meta["integer"])
         for s in _items(self.seed):
             if not _is_int(s) or not SEED_MIN <= s <= SEED_MAX:
                 raise OptionError("seed", s, f"an integer in [{SEED_MIN}, 2**63 - 1] is required (-1: random)")
@@ -185,19 +242,16 @@ class GenerationRequest:
                 raise OptionError(name, getattr(self, name), "True or False is required")
         if self.chunked_decode not in (None, True, False) or not isinstance(self.chunked_decode, (bool, type(None))):
             raise OptionError("chunked_decode", self.chunked_decode, "allowed: None (the config's), True, False")
-        if self.dist_shift is not None and not isinstance(self.dist_shift, dict) and not callable(
-                getattr(self.dist_shift, "shift", None)):
-            raise OptionError("dist_shift", self.dist_shift, "None, a dict of shift options, or an object with "
-                              ".shift(t, seq_len) is required")
-        self._verify_inpainting()
+        check_shift_options(self.dist_shift)
+        self._verify_inpainting(limits)
         check_lora_configs(self.lora_configs)
-        if n < 1 or n > MAX_BATCH_SIZE:
-            raise OptionError("batch_size", n, f"an integer in [1, {MAX_BATCH_SIZE}] is required")
+        if self.noise_device is not None and not isinstance(self.noise_device, str):
+            raise OptionError("noise_device", self.noise_device, "None or a device name such as 'cpu' is required")
         return self
 
-    def _verify_inpainting(self) -> None:
+    def _verify_inpainting(self, limits: Limits) -> None:
         for name in ("init_audio", "inpaint_audio"):
-            check_audio_input(getattr(self, name), name)
+            check_audio_input(getattr(self, name), name, limits)
         regions = inpaint_regions(self.inpaint_mask_start_seconds, self.inpaint_mask_end_seconds)
         if self.continuation:
             if self.inpaint_audio is None:
@@ -216,17 +270,21 @@ class GenerationRequest:
                               "regions to regenerate (inpaint_mask_start_seconds / inpaint_mask_end_seconds, "
                               "inpaint_mask, or continuation)")
 
-    def implied_batch_size(self) -> int:
-        """batch_size, or the length of the per-item lists; lists of different lengths are an error."""
+    def implied_batch_size(self, limits: Limits | None = None) -> int:
+        """batch_size, or the length of the per-item lists; lists of different lengths, or longer than
+        `limits.max_batch_size`, are an error."""
+        most = (DEFAULT_LIMITS if limits is None else limits).max_batch_size
         lengths = {name: len(getattr(self, name)) for name in PER_ITEM
                    if isinstance(getattr(self, name), (list, tuple))}
         for name, n in lengths.items():
             if n == 0:
                 raise OptionError(name, [], "one value, or a non-empty list with one per item, is required")
+            if n > most:
+                raise OptionError(name, "...", "", f"{name} has {n} values; at most {most} items per call "
+                                  "(Limits.max_batch_size)")
         if self.batch_size is not None:
-            if not _is_int(self.batch_size) or not 1 <= self.batch_size <= MAX_BATCH_SIZE:
-                raise OptionError("batch_size", self.batch_size,
-                                  f"an integer in [1, {MAX_BATCH_SIZE}] is required")
+            if not _is_int(self.batch_size) or not 1 <= self.batch_size <= most:
+                raise OptionError("batch_size", self.batch_size, f"an integer in [1, {most}] is required")
             for name, n in lengths.items():
                 if n != self.batch_size:
                     raise OptionError(name, "...", "", f"{name} has {n} values but batch_size={self.batch_size}; "
@@ -242,9 +300,10 @@ class GenerationRequest:
     # -- the model's defaults -----------------------------------------------------------------
     def resolve(self, defaults: ModelDefaults) -> GenerationRequest:
         """A verified copy with every model-dependent default filled in and per-item options as lists
-        of batch_size; checks the durations against the model's maximum."""
-        self.verify()
-        n = self.implied_batch_size()
+        of batch_size; checks the durations against the model's maximum and `defaults.limits`."""
+        limits = defaults.limits
+        self.verify(limits)
+        n = self.implied_batch_size(limits)
         sample_size = defaults.max_samples if self.sample_size is None else int(self.sample_size)
         if sample_size > defaults.max_samples:
             raise OptionError("sample_size", sample_size, f"at most this model's {defaults.max_samples} samples "
@@ -257,6 +316,14 @@ class GenerationRequest:
                        f"sample_size={sample_size} allows")
                 raise OptionError("duration", d, "", f"duration={d:g} is too long; {cap} at most "
                                   f"{max_duration:.2f} seconds")
+            if int(d * defaults.sample_rate) < 1:
+                raise OptionError("duration", d, "", f"duration={d:g} is shorter than one sample at "
+                                  f"{defaults.sample_rate} Hz; at least {1 / defaults.sample_rate:.3g} seconds is "
+                                  "required")
+        if n * max(durations) > limits.max_total_seconds:
+            raise OptionError("duration", max(durations), "", f"{n} item(s) of up to {max(durations):g} s is more "
+                              f"than {limits.max_total_seconds:g} s of audio in one call (Limits.max_total_seconds); "
+                              "ask for fewer or shorter items")
         for start, _ in inpaint_regions(self.inpaint_mask_start_seconds, self.inpaint_mask_end_seconds) or []:
             if start >= max(durations):
                 raise OptionError("inpaint_mask_start_seconds", start, "", f"inpaint region starting at {start:g} s "
@@ -307,13 +374,14 @@ class ModelDefaults:
     sampler: str
     duration: float
     is_base: bool
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)  # what requests are held to (see `Limits`)
 
     @property
     def max_duration(self) -> float:
         return self.max_samples / self.sample_rate
 
     @classmethod
-    def from_config(cls, config: dict) -> ModelDefaults:
+    def from_config(cls, config: dict, limits: Limits | None = None) -> ModelDefaults:
         """Post-trained (`rf_denoiser`): 8 steps, cfg 1, ping-pong (the reference's defaults); -base
         (`rectified_flow`): 50, 7, Euler (the model card's); a config's `default_steps`,
         `default_cfg_scale`, `default_sampler` and `default_duration` (the demo has them) win."""
@@ -322,7 +390,8 @@ class ModelDefaults:
         sample_rate = int(config.get("sample_rate", 44100))
         max_samples = int(config.get("sample_size", REFERENCE_SAMPLE_SIZE))
         steps = config.get("default_steps")
-        steps = steps if _is_int(steps) and 0 < steps <= MAX_STEPS else (50 if is_base else 8)
+        limits = DEFAULT_LIMITS if limits is None else limits
+        steps = min(steps if _is_int(steps) and steps > 0 else (50 if is_base else 8), limits.max_steps)
         cfg = config.get("default_cfg_scale")
         cfg = float(cfg) if is_number(cfg) and 0 <= cfg <= MAX_CFG_SCALE else (7.0 if is_base else 1.0)
         sampler = config.get("default_sampler")
@@ -332,7 +401,7 @@ class ModelDefaults:
         duration = config.get("default_duration")
         duration = min(float(duration), max_duration) if is_number(duration) and duration > 0 else \
             min(120.0, max_duration)
-        return cls(sample_rate, max_samples, int(steps), cfg, sampler, duration, is_base)
+        return cls(sample_rate, max_samples, int(steps), cfg, sampler, duration, is_base, limits)
 
 
 @dataclass(frozen=True)
@@ -436,6 +505,41 @@ def _texts(value, name: str, required: bool = False) -> list[str]:
     return values
 
 
+def _check_encodable(text: str, name: str) -> None:
+    """Text the tokenizer can take: valid Unicode (no lone surrogates, which undecodable bytes of a
+    command line or a broken client become)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise OptionError(name, "...", "", f"character {e.start} ({text[e.start]!r}) is not valid Unicode "
+                          "(an undecodable byte or a lone surrogate); the text must be valid UTF-8") from None
+
+
+def check_shift_options(value) -> None:
+    """dist_shift: None, an object with .shift(t, seq_len), or a dict whose 'type' is a known shift and
+    whose other values are finite numbers (or use_sine: a bool); the shift's class checks the names."""
+    if value is None or (not isinstance(value, dict) and callable(getattr(value, "shift", None))):
+        return
+    if not isinstance(value, dict):
+        raise OptionError("dist_shift", value, "None, a dict of shift options, or an object with .shift(t, seq_len) "
+                          "is required")
+    kind = value.get("type", "full")
+    if not isinstance(kind, str):
+        raise OptionError("dist_shift", kind, "a type name is required", part=".type")
+    if kind not in SHIFT_OPTION_TYPES:
+        raise OptionError("dist_shift", value, "", f"distribution shift type {kind!r} is unknown; allowed: "
+                          f"{', '.join(map(repr, SHIFT_OPTION_TYPES))}")
+    for key, v in value.items():
+        if key == "type":
+            continue
+        if not isinstance(key, str):
+            raise OptionError("dist_shift", value, "string option names are required")
+        if key == "use_sine" and not isinstance(v, bool):
+            raise OptionError("dist_shift", v, "true or false is required", part=".use_sine")
+        if key != "use_sine" and not (is_number(v) and math.isfinite(v)):
+            raise OptionError("dist_shift", v, "a finite number is required", part=f".{key}")
+
+
 def _items(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -444,8 +548,9 @@ def _per_item(value, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def check_audio_input(value, name: str) -> None:
-    """A path to an existing file, or (sample_rate, audio) / (audio, sample_rate) with an array."""
+def check_audio_input(value, name: str, limits: Limits | None = None) -> None:
+    """A path to an existing file, or (sample_rate, audio) / (audio, sample_rate) with an array whose
+    rate, channels and size are within `limits` (a file's are checked when it is read)."""
     if value is None:
         return
     if isinstance(value, (str, os.PathLike)):
@@ -461,6 +566,13 @@ def check_audio_input(value, name: str) -> None:
     if isinstance(value, (tuple, list)) and len(value) == 2:
         arrays = [type(v).__module__.split(".")[0] in ("torch", "numpy") and hasattr(v, "shape") for v in value]
         if arrays == [False, True] and is_number(value[0]) or arrays == [True, False] and is_number(value[1]):
+            rate, audio = (value[0], value[1]) if arrays[1] else (value[1], value[0])
+            shape = tuple(audio.shape)[1:] if audio.ndim == 3 and audio.shape[0] == 1 else tuple(audio.shape)
+            if type(audio).__module__.startswith("numpy"):  # soundfile's (T,) / (T, C)
+                shape = shape[::-1]
+            if len(shape) in (1, 2):  # other shapes are refused, naming the shape, when the audio is read
+                frames, channels = shape[-1], (shape[0] if len(shape) == 2 else 1)
+                (DEFAULT_LIMITS if limits is None else limits).check_audio(name, rate, channels, frames)
             return
         raise OptionError(name, "...", "", "expected (sample_rate, audio) or (audio, sample_rate) with a tensor or "
                           f"numpy array, got ({type(value[0]).__name__}, {type(value[1]).__name__})")
@@ -532,3 +644,6 @@ def check_lora_configs(configs) -> None:
         if not isinstance(layer_filter, str):
             raise OptionError(f"{where}.layer_filter", layer_filter, "a string of comma-separated name parts is "
                               "required")
+
+
+DEFAULT_LIMITS = Limits()

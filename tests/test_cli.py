@@ -61,10 +61,10 @@ def test_encode_decode_roundtrip(tmp_path: Path) -> None:
 
 def test_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     res = run("encode", str(tmp_path / "missing.wav"), "--model", tiny())
-    assert res.returncode == 1
-    assert res.stderr.startswith("stable-audio: error: audio file not found")
+    assert res.returncode == 2  # the input is read before the model loads: a usage error
+    assert res.stderr.splitlines()[-1].startswith("stable-audio encode: error: audio file not found")
     assert "Traceback" not in res.stderr
-    res = run("encode", "x.wav", "--model", "no-such-model")
+    res = run("encode", str(tone(tmp_path / "x.wav")), "--model", "no-such-model")
     assert res.returncode == 1 and "unknown model 'no-such-model'" in res.stderr
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from stable_audio_3 import AutoencoderModel, StableAudioModel
 from stable_audio_3.api import CHECKPOINT_PARTS, build_autoencoder
+from stable_audio_3.audio import write_audio
 from stable_audio_3.loading import (
     DIFFUSION_MODELS,
     HUB_REPOS,
@@ -230,6 +231,7 @@ def test_offline_empty_cache_same_s(hub_cache: Path) -> None:
 def test_cli_fails_with_the_message_and_no_traceback(tmp_path: Path, args: list[str]) -> None:
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
+    write_audio(tmp_path / "x.wav", torch.zeros(2, 4410))  # encode reads its input before the model loads
     res = subprocess.run(
         [sys.executable, "-m", "stable_audio_3.cli", *args],
         capture_output=True,

@@ -69,7 +69,75 @@ def read_config(path: str | os.PathLike) -> dict:
         raise ModelLoadError(f"model config {path} is not valid JSON ({e})") from e
     if not isinstance(config, dict) or "model_type" not in config or "model" not in config:
         raise ModelLoadError(f"model config {path} lacks 'model_type' / 'model'; is it a Stable Audio 3 config?")
+    check_model_config(config, str(path))
     return config
+
+
+# The fields the loader reads itself, by model type: (dotted path, kind, required). What a module's own
+# config holds past these (a DiT's depth, ...) is checked when the module is built (see api).
+_AE_FIELDS = (("latent_dim", "int", True), ("downsampling_ratio", "int", True), ("pretransform", "object", True),
+              ("pretransform.config", "object", True), ("bottleneck", "object", True),
+              ("bottleneck.config", "object", True), ("encoder", "object", True), ("encoder.config", "object", True),
+              ("encoder.config.strides", "list", True), ("decoder", "object", True),
+              ("decoder.config", "object", True))
+_CONFIG_FIELDS = {
+    "diffusion_cond_inpaint": (
+        ("sample_rate", "int", False), ("sample_size", "int", False), ("model", "object", True),
+        ("model.io_channels", "int", True), ("model.pretransform", "object", True),
+        ("model.pretransform.config", "object", True),
+        *((f"model.pretransform.config.{f}", kind, req) for f, kind, req in _AE_FIELDS),
+        ("model.conditioning", "object", True), ("model.conditioning.configs", "list", True),
+        ("model.diffusion", "object", True), ("model.diffusion.config", "object", True),
+        ("model.diffusion.diffusion_objective", "str", False),
+        ("model.diffusion.sampling_distribution_shift_options", "object", False)),
+    "autoencoder": (("sample_rate", "int", False), ("model", "object", True),
+                    *((f"model.{f}", kind, req) for f, kind, req in _AE_FIELDS)),
+}
+_KINDS = {"int": "a positive integer", "object": "a JSON object", "list": "a non-empty JSON list", "str": "a string"}
+
+
+def check_model_config(config: dict, source: str) -> None:
+    """The fields the loader reads are there and of the right type, else a `ModelLoadError` naming the
+    file and the field (instead of a KeyError or a misleading limit later)."""
+    from ..request import DEFAULT_SAMPLER, SAMPLERS
+
+    for path, kind, required in _CONFIG_FIELDS.get(config.get("model_type"), ()):
+        node, parts = config, path.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict):
+                raise ModelLoadError(f"model config {source}: field {'.'.join(parts[:i])!r} must be a JSON object, "
+                                     f"got {type(node).__name__} {_short(node)}")
+            node = node.get(part, _MISSING)
+            if node is _MISSING:
+                break
+        if node is _MISSING or (node is None and not required):
+            if required:
+                raise ModelLoadError(f"model config {source}: field {path!r} is missing; {_KINDS[kind]} is required "
+                                     "(is this a Stable Audio 3 config?)")
+            continue
+        ok = {"int": lambda v: type(v) is int and v > 0, "object": lambda v: isinstance(v, dict),
+              "list": lambda v: isinstance(v, list) and len(v) > 0, "str": lambda v: isinstance(v, str)}[kind](node)
+        if not ok:
+            raise ModelLoadError(f"model config {source}: field {path!r} is {_short(node)}; {_KINDS[kind]} is "
+                                 "required")
+    if config.get("model_type") != "diffusion_cond_inpaint":
+        return
+    ratio = config["model"]["pretransform"]["config"]["downsampling_ratio"]
+    if config.get("sample_size", ratio) < ratio:
+        raise ModelLoadError(f"model config {source}: field 'sample_size' is {config['sample_size']}; at least one "
+                             f"latent ({ratio} samples, 'downsampling_ratio') is required")
+    objective = config["model"]["diffusion"].get("diffusion_objective", "v")
+    if objective not in DEFAULT_SAMPLER and config.get("default_sampler") not in SAMPLERS:
+        raise ModelLoadError(f"model config {source}: field 'model.diffusion.diffusion_objective' is {objective!r}; "
+                             f"allowed: {', '.join(map(repr, DEFAULT_SAMPLER))}")
+
+
+_MISSING = object()
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, list, dict, bool, type(None))) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def autoencoder_section(config: dict, source: str) -> tuple[dict, str]:

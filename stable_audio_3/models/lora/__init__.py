@@ -21,13 +21,14 @@ One job per module: `files` (reading and checking files), `patterns` (layer-name
 """
 
 from .files import ADAPTER_TYPES, LoraError, LoraFile, read_lora_file, read_svd_bases
-from .lora_set import LoraSet
+from .lora_set import LoraIndexError, LoraSet
 from .patterns import expand_ranges, matches_any
 
 __all__ = [
     "ADAPTER_TYPES",
     "LoraError",
     "LoraFile",
+    "LoraIndexError",
     "LoraSet",
     "expand_ranges",
     "matches_any",

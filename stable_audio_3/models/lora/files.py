@@ -160,6 +160,10 @@ def _parse(path: Path, tensors: Mapping[str, object], config: object) -> LoraFil
     if not_float:
         raise LoraError(f"LoRA file {path}: these entries are not floating-point tensors:\n{listing(not_float)}")
     tensors = {k: t.float() for k, t in tensors.items()}  # files store fp16; we compute in fp32
+    not_finite = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
+    if not_finite:
+        raise LoraError(f"LoRA file {path}: these tensors hold NaN or infinite values (a damaged or diverged "
+                        f"file):\n{listing(not_finite)}")
 
     raw_type = config.get("adapter_type") or "lora"
     adapter_type = _resolve_legacy_dora(raw_type, tensors)

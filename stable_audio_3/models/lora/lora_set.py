@@ -4,6 +4,8 @@ strengths, per-step enable states (§3.8) and an exact unload."""
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +17,10 @@ from .files import ADAPTER_TYPES, LoraError, LoraFile, listing, read_lora_file, 
 from .patterns import layer_filter_patterns
 
 log = logging.getLogger(__name__)
+
+
+class LoraIndexError(LoraError, IndexError):
+    """A lora_index that names no loaded LoRA (an IndexError too, as it always was)."""
 
 DIT_NAMESPACE = "model."  # the file namespace of the DiT: the only adapters a request switches per step
 State = tuple[bool, ...]
@@ -183,11 +189,22 @@ class LoraSet:
             )
 
     def _check_index(self, lora_index: int | None) -> None:
-        if lora_index is not None and not 0 <= lora_index < len(self.files):
-            raise IndexError(f"lora_index {lora_index} out of range: {len(self.files)} LoRA(s) loaded")
+        if lora_index is None:
+            return
+        if isinstance(lora_index, bool) or not isinstance(lora_index, numbers.Integral):
+            raise LoraError(f"lora_index={lora_index!r} is invalid; an integer (0 = the first LoRA loaded) or None "
+                            "(all of them) is required")
+        if not 0 <= lora_index < len(self.files):
+            allowed = f"an integer in [0, {len(self.files) - 1}]" if self.files else "nothing: load a LoRA first"
+            raise LoraIndexError(f"lora_index {lora_index} out of range: {len(self.files)} LoRA(s) loaded; "
+                                 f"allowed: {allowed}")
 
     def set_lora_strength(self, strength: float, lora_index: int | None = None) -> None:
-        """Sets the strength of one LoRA (or all); the next forward uses it. 0 gives the base weights."""
+        """Sets the strength of one LoRA (or all); the next forward uses it. 0 gives the base weights.
+        A strength must be a finite real number (NaN or infinity would make every sample NaN)."""
+        if isinstance(strength, bool) or not isinstance(strength, numbers.Real) or not math.isfinite(strength):
+            raise LoraError(f"strength={strength!r} is invalid; a finite number is required (1 = as trained, "
+                            "0 = off)")
         self._check_index(lora_index)
         stale = []
         for adapter, module in zip(self._adapters, self._owners, strict=True):
