@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["AutoencoderModel", "GenerationCancelled", "GenerationRequest", "LoadOptions", "OptionError",
-           "StableAudioModel", "__version__"]
+__all__ = ["AutoencoderModel", "GenerationCancelled", "GenerationRequest", "Limits", "LoadOptions",
+           "NonFiniteAudio", "OptionError", "StableAudioModel", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,12 +13,12 @@ def __getattr__(name: str):
         from . import api
 
         return getattr(api, name)
-    if name in ("GenerationRequest", "LoadOptions", "OptionError"):
+    if name in ("GenerationRequest", "Limits", "LoadOptions", "OptionError"):
         from . import request
 
         return getattr(request, name)
-    if name == "GenerationCancelled":
-        from .pipeline import GenerationCancelled
+    if name in ("GenerationCancelled", "NonFiniteAudio"):
+        from . import pipeline
 
-        return GenerationCancelled
+        return getattr(pipeline, name)
     raise AttributeError(f"module 'stable_audio_3' has no attribute {name!r}")
