@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .request import Limits
+from typing import Any
 
 SEED_MAX = 2**63 - 1
 SHIFT_OPTION_TYPES = ("logsnr", "full", "flux", "none")  # sampling.SHIFT_TYPES, whose classes check the rest
@@ -125,9 +122,10 @@ def _per_item(value, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def check_audio_input(value, name: str, limits: Limits) -> None:
+def check_audio_input(value, name: str, limits: Any) -> None:
     """A path to an existing file, or (sample_rate, audio) / (audio, sample_rate) with an array whose
-    rate, channels and size are within `limits` (a file's are checked when it is read)."""
+    rate, channels and size are within `limits` (a `request.Limits`; a file's are checked when it is
+    read)."""
     if value is None:
         return
     if isinstance(value, (str, os.PathLike)):
