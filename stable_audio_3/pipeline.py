@@ -84,15 +84,15 @@ def encode_audio_input(c: Components, audio: torch.Tensor) -> torch.Tensor:
     return c.autoencoder.encode_audio(audio.to(ae_dtype), chunked=c.chunked_default)
 
 
-def paste_back(audio: torch.Tensor, given: torch.Tensor, audio_mask: torch.Tensor, fade: int) -> torch.Tensor:
-    """The given audio wherever the mask keeps it, the generated audio elsewhere, crossfaded at the seams."""
+def paste_back_weights(given: torch.Tensor, audio_mask: torch.Tensor, fade: int,
+                       length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (B, 1, n), given audio (.., n)) over the first n = min(length, given) samples: how much of
+    the given audio each output sample takes (1 where the mask keeps it, 0 where it is regenerated,
+    crossfaded at the seams)."""
     if audio_mask.shape[-1] != given.shape[-1]:  # a short caller mask is stretched, as for the latents
         audio_mask = torch.nn.functional.interpolate(audio_mask[:, None], size=given.shape[-1], mode="nearest")[:, 0]
-    n = min(audio.shape[-1], given.shape[-1])
-    weight = masks.paste_back_weights(audio_mask[..., :n].float(), fade)[:, None, :]
-    out = audio.clone()
-    out[..., :n] = weight * given[..., :n].to(audio) + (1 - weight) * audio[..., :n]
-    return out
+    n = min(length, given.shape[-1])
+    return masks.paste_back_weights(audio_mask[..., :n].float(), fade)[:, None, :], given[..., :n]
 
 
 @dataclass
@@ -194,35 +194,58 @@ def step_function(step: Callable, denoiser: GuidedDenoiser, guided: tuple[bool, 
     return one_step if wrap is None else wrap(one_step)
 
 
-def decode(c: Components, plan: Plan, latents: torch.Tensor, inpaint_wave: torch.Tensor | None) -> torch.Tensor:
+def decode(c: Components, plan: Plan, latents: torch.Tensor, inpaint_wave: torch.Tensor | None,
+           on_audio: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
     """Latents -> audio (B, C, T) float32: decoded (drawing the decoder's noise from the plan's
-    generators), pasted back, zeroed past each item's valid length, clamped and cut as requested."""
+    generators), pasted back, zeroed past each item's valid length, clamped and cut as requested.
+
+    Every step after the decoder is position-wise, so it is applied to each stretch the chunked
+    decoder finishes; `on_audio(audio, start_sample)` gets those stretches, final, in order."""
     r, sr, ratio = plan.request, c.sample_rate, c.autoencoder.downsampling_ratio
     ae_dtype = next(c.autoencoder.parameters()).dtype
     chunked = c.chunked_default if r.chunked_decode is None else r.chunked_decode
-    audio = c.autoencoder.decode_audio(latents.to(ae_dtype), chunked=chunked, rng=plan.rng)
+    length = latents.shape[-1] * ratio
+    weight = given = None
     if r.inpaint_paste_back:
-        audio = paste_back(audio.float(), inpaint_wave, plan.audio_mask, int(PASTE_BACK_FADE_SECONDS * sr))
+        weight, given = paste_back_weights(inpaint_wave, plan.audio_mask, int(PASTE_BACK_FADE_SECONDS * sr), length)
     keep = plan.padding_mask.repeat_interleave(ratio, dim=-1)[:, None, :]
-    if keep.shape[-1] >= audio.shape[-1]:
-        keep = keep[..., : audio.shape[-1]]
+    if keep.shape[-1] >= length:
+        keep = keep[..., :length]
     else:
-        keep = torch.nn.functional.pad(keep, (0, audio.shape[-1] - keep.shape[-1]), value=False)
-    audio = (audio * keep.to(audio.dtype)).float()
-    if r.clamp:
-        audio = audio.clamp(-1, 1)
-    if r.truncate_output_to_duration:  # items of other durations: the longest; cut each to its own
-        audio = audio[..., : int(max(r.duration) * sr)]
-    return audio
+        keep = torch.nn.functional.pad(keep, (0, length - keep.shape[-1]), value=False)
+    end = int(max(r.duration) * sr) if r.truncate_output_to_duration else length
+    pieces: list[torch.Tensor] = []
+
+    def finish(audio: torch.Tensor, start: int) -> None:
+        stop = start + audio.shape[-1]
+        if weight is not None and start < weight.shape[-1]:
+            n = min(stop, weight.shape[-1]) - start
+            audio = audio.float().clone()
+            w = weight[..., start : start + n]
+            audio[..., :n] = w * given[..., start : start + n].to(audio) + (1 - w) * audio[..., :n]
+        audio = (audio * keep[..., start:stop].to(audio.dtype)).float()
+        if r.clamp:
+            audio = audio.clamp(-1, 1)
+        audio = audio[..., : max(0, end - start)]  # items of other durations: the longest; cut each to its own
+        pieces.append(audio)
+        if on_audio is not None and audio.shape[-1]:
+            if not bool(torch.isfinite(audio).all()):
+                raise NonFiniteAudio(non_finite_message(c, r, "audio"))
+            on_audio(audio, start)
+
+    c.autoencoder.decode_audio(latents.to(ae_dtype), chunked=chunked, rng=plan.rng, on_chunk=finish)
+    return torch.cat(pieces, dim=-1)
 
 
-def generate(c: Components, request: GenerationRequest, callback=None) -> tuple[torch.Tensor, list[int]]:
+def generate(c: Components, request: GenerationRequest, callback=None,
+             on_audio: Callable[[torch.Tensor, int], None] | None = None) -> tuple[torch.Tensor, list[int]]:
     """Audio (B, C, T) (or the latents) and the seeds used, for a resolved request: plan, then
-    encode -> sample -> decode. Everything that can fail on the request fails in the plan."""
+    encode -> sample -> decode. Everything that can fail on the request fails in the plan.
+    `on_audio(audio, start_sample)` receives the audio stretch by stretch as the decoder finishes it."""
     plan = make_plan(c, request)
     enc = encode(c, plan)
     latents = sample_plan(c, plan, enc, callback)
-    result = latents if request.return_latents else decode(c, plan, latents, enc.inpaint_wave)
+    result = latents if request.return_latents else decode(c, plan, latents, enc.inpaint_wave, on_audio)
     if not bool(torch.isfinite(result).all()):
         raise NonFiniteAudio(non_finite_message(c, request, "latents" if request.return_latents else "audio"))
     return result, plan.seeds

@@ -207,7 +207,7 @@ def test_standalone_autoencoder_layout(tmp_path: Path) -> None:
     (torch.zeros(2, 0), 44100, "audio: audio has zero samples"),
     (torch.tensor([[0.0, float("nan"), 0.1]]), 44100, "audio: audio contains NaN or infinite samples"),
     (torch.tensor([[0.0, float("inf"), 0.1]]), 44100, "audio: audio contains NaN or infinite samples"),
-    (torch.zeros(2, 100), 0, "sr=0 is invalid; a positive integer"),
+    (torch.zeros(2, 100), 0, r"sr=0 is invalid; an integer number of Hz in \[1000, 768000\] is required"),
     (torch.zeros(2, 100), -44100, "sr=-44100 is invalid"),
     (np.zeros((100, 2), dtype=np.uint8), 44100, "unsupported numpy dtype uint8"),
     ([], 44100, "audio: an empty list was given"),

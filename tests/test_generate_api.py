@@ -263,3 +263,30 @@ def test_numpy_int16_init_audio_is_scaled() -> None:
     b = m.generate("x", duration=1.0, seed=1, init_audio=(44100, torch.from_numpy(pcm / 32767).float()),
                    init_noise_level=0.3, return_latents=True)
     assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_decoded_audio_streams_stretch_by_stretch(inpaint: bool) -> None:
+    """`on_audio` gets the chunked decoder's stretches in order, each final: together exactly the
+    returned audio (paste-back, valid-length zeroing and the cut included), and more than one."""
+    from stable_audio_3.pipeline import generate
+    from stable_audio_3.request import GenerationRequest
+
+    m = model()
+    sr = m.sample_rate
+    options = dict(prompt=["lofi house loop", "rain"], duration=[100.0, 96.0], seed=[1, 2], steps=2,
+                   chunked_decode=True, duration_padding_sec=0)
+    if inpaint:
+        given = torch.sin(torch.arange(int(100 * sr)) / 20.0).repeat(2, 1) * 0.5
+        options.update(inpaint_audio=(sr, given), inpaint_mask_start_seconds=[5.0, 90.0],
+                       inpaint_mask_end_seconds=[10.0, 95.0], inpaint_paste_back=True)
+    request = GenerationRequest(**options).resolve(m.defaults)
+    stretches: list[tuple[torch.Tensor, int]] = []
+    with torch.inference_mode():
+        whole, _ = generate(m.components, request, on_audio=lambda a, start: stretches.append((a.clone(), start)))
+    assert len(stretches) >= 2
+    starts = [s for _, s in stretches]
+    assert starts[0] == 0 and starts == sorted(starts)
+    assert all(a.shape[-1] == b - s for (a, s), b in zip(stretches, starts[1:] + [whole.shape[-1]], strict=True))
+    assert torch.equal(torch.cat([a for a, _ in stretches], dim=-1), whole)
+    assert whole.shape[-1] == int(100 * sr)

@@ -13,6 +13,8 @@ spans (plus a few latents of context where needed) instead of once per overlappi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -408,7 +410,8 @@ class SAMEAutoencoder(nn.Module):
 
     def decode_audio(self, latents: torch.Tensor, chunked: bool = False, chunk_size: int = 128,
                      overlap: int = 32, noise: bool = True, rng: NoiseSource = GLOBAL,
-                     chunks_per_pass: int = 8) -> torch.Tensor:
+                     chunks_per_pass: int = 8,
+                     on_chunk: Callable[[torch.Tensor, int], None] | None = None) -> torch.Tensor:
         """Decode, optionally in chunks of `chunk_size` latents overlapping by `overlap`.
 
         The result is that of `decode_overlapping` (every chunk decoded on its own, with its own
@@ -421,16 +424,24 @@ class SAMEAutoencoder(nn.Module):
         for SAME-L. A pass holds at most `chunks_per_pass` chunks, so memory stays bounded
         however long the audio. Where a trim is shorter than the reach, chunk edges show in the
         kept audio and the overlapping chunks are decoded as before.
+
+        `on_chunk(audio, start_sample)` receives each stretch as soon as it is final (after each
+        pass; the whole audio at once when not chunked), in order, so a caller can stream it.
         """
         if chunks_per_pass < 1:
             raise ValueError(f"chunks_per_pass={chunks_per_pass} is invalid; a positive integer")
         total = latents.shape[-1]
+        def whole(audio: torch.Tensor) -> torch.Tensor:
+            if on_chunk is not None:
+                on_chunk(audio, 0)
+            return audio
+
         if not chunked or total < chunk_size:
-            return self.decode(latents, noise=noise, rng=rng)
+            return whole(self.decode(latents, noise=noise, rng=rng))
         block = self.decoder.layers[3]
         grid, reach = block.latent_grid(), block.latent_reach()
         if chunk_size % grid or overlap // 2 < reach:
-            return self.decode_overlapping(latents, chunk_size, overlap, noise, rng)
+            return whole(self.decode_overlapping(latents, chunk_size, overlap, noise, rng))
         starts = chunk_starts(total, chunk_size, chunk_size - overlap)
         dither = noise and self.bottleneck.noise_regularize
         mask = noise and block.mask_noise > 0
@@ -456,10 +467,12 @@ class SAMEAutoencoder(nn.Module):
                 draws.append(torch.cat(masks, dim=1).flatten(0, 1))
             audio = self.decode(latents[..., torch.cat(index)], noise=noise, rng=ReplayNoise(draws),
                                 positions=torch.cat(positions))
-            offset = 0
+            offset, done = 0, len(kept)
             for _, (lo, hi, keep_lo, keep_hi) in group:
                 kept.append(audio[..., (offset + keep_lo - lo) * hop : (offset + keep_hi - lo) * hop])
                 offset += hi - lo
+            if on_chunk is not None:
+                on_chunk(torch.cat(kept[done:], dim=-1), sum(k.shape[-1] for k in kept[:done]))
         return torch.cat(kept, dim=-1)
 
     def decode_overlapping(self, latents: torch.Tensor, chunk_size: int = 128, overlap: int = 32,
