@@ -36,7 +36,7 @@ from .models.attention import check_backend
 from .models.dit import check_attention_padding
 from .models.same import SAMEAutoencoder
 from .precision import TIERS, apply_tier, resolve_precision
-from .request import DEFAULT_LIMITS, FIELDS, GenerationRequest, Limits, ModelDefaults
+from .request import DEFAULT_LIMITS, FIELDS, GenerationRequest, Limits, LoadOptions, ModelDefaults
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +355,14 @@ class StableAudioModel:
         self.components.limits = limits
 
     @property
+    def load_options(self) -> LoadOptions:
+        """How this model was loaded, as the options that load it again the same way: the device it is
+        on, its precision tier (which sets the dtypes), the attention padding and whether it is compiled."""
+        c = self.components
+        return LoadOptions(device=str(self.device), precision=self.precision, attention_padding=c.attention_padding,
+                           compile=c.compile_step is not None)
+
+    @property
     def defaults(self) -> ModelDefaults:
         """The model's recommended settings and limits, which fill a request's unset options."""
         return ModelDefaults.from_config(self.components.config, self.limits)
@@ -384,7 +392,7 @@ class StableAudioModel:
         return self.defaults.cfg_scale
 
     @torch.inference_mode()
-    def run(self, request: GenerationRequest, callback=None) -> Generation:
+    def run(self, request: GenerationRequest, callback=None, on_audio=None) -> Generation:
         """Generate what `request` asks for; unset options take this model's recommended values.
 
         `callback(step, total, x)` is called after every sampling step (x: the current clean-latent
@@ -393,11 +401,14 @@ class StableAudioModel:
 
         Raises `OptionError` (a ValueError) for a bad or too-large request, before any model runs;
         `NonFiniteAudio` (a ValueError naming the likely cause) instead of returning NaN or infinite
-        samples; ValueError for an unreadable input audio file."""
+        samples; ValueError for an unreadable input audio file.
+
+        `on_audio(audio, start_sample)` receives the decoded audio stretch by stretch, final, as the
+        (chunked) decoder finishes each one, to play or send it before the whole piece is decoded."""
         from .pipeline import generate
 
         resolved = request.resolve(self.defaults)
-        result, seeds = generate(self.components, resolved, callback=callback)
+        result, seeds = generate(self.components, resolved, callback=callback, on_audio=on_audio)
         self.last_seeds = seeds
         return Generation(result, seeds, resolved, self.sample_rate)
 
@@ -411,15 +422,19 @@ class StableAudioModel:
         recommendations (`model.defaults`: 8 steps, cfg 1, ping-pong for post-trained models, the
         reference's defaults; 50, 7, Euler for -base ones; the demo's card values for the demo).
         - `prompt`, `negative_prompt`, `duration` (seconds, at most `max_duration`), `seed`: one
-          value, or a list with one per batch item (a list sets the batch size). `seed`: an int
+          value, or a list with one per batch item (a list sets the batch size). Items of different
+          durations come back at the longest one's length, each silent past its own duration (one
+          tensor holds the batch; the command line writes each at its own length). `seed`: an int
           (one generator for the whole batch, as the reference), -1 for a random one, or a list of
           per-item seeds (item i then equals a batch-1 call with seed i). `model.last_seeds` holds
           the seeds used after the call.
         - `init_audio` with `init_noise_level` (default 0.9 with init audio); `inpaint_audio` with
           `inpaint_mask_start_seconds` / `inpaint_mask_end_seconds` (numbers, or lists for several
           regions) or `inpaint_mask`, or `continuation=True`. `inpaint_paste_back=True` puts the
-          given audio back over the kept parts. Audio is `(sample_rate, x)`, `(x, sample_rate)` or a
-          file path.
+          given audio back over the kept parts; unset, it stays off here, as in the reference, even
+          where the model recommends it (`model.defaults.inpaint_paste_back`, which the command line,
+          the page and the server use; `request.recommended(model.defaults)` applies it). Audio is
+          `(sample_rate, x)`, `(x, sample_rate)` or a file path.
         - Guidance and sampling: `apg_scale`, `sampler_type`, `dist_shift`, `cfg_interval`,
           `scale_phi`, `cfg_norm_threshold`, `duration_padding_sec`, `sample_size`, `lora_configs`.
         - Output: `chunked_decode`, `return_latents`, `truncate_output_to_duration`, `clamp`.

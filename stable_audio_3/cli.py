@@ -1,5 +1,6 @@
-"""`stable-audio` command line: generation (the default command), `encode` / `decode` with the
-autoencoder, and `serve` (the HTTP server).
+"""`stable-audio` command line: generation (the default command; `--from-metadata FILE` generates a
+file again from its metadata, see `reproduce`), `encode` / `decode` with the autoencoder
+(`cli_autoencoder`), `serve` (the HTTP server) and `long` (long-form, `longform_cli`).
 
 The generation flags are made from `GenerationRequest` and `LoadOptions`, so every option, default,
 bound and help line is written once, in `request.py`. Everything that can be checked without a model
@@ -21,22 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from . import output
+from .cli_args import PROG, Number, json_text
+from .cli_args import writable as _writable
 from .request import (
     DEFAULT_LIMITS,
     FIELDS,
     LOAD_FIELDS,
     PYTHON_ONLY,
-    SEED_MAX,
     GenerationRequest,
     LoadOptions,
     OptionError,
     add_load_flags,
-    check_number,
 )
 
 log = logging.getLogger("stable_audio_3")
 
-PROG = "stable-audio"
 DEFAULT_MODEL = "demo"
 # Short spellings users already type; each sets the field's own dest. Messages use the first long one.
 ALIASES = {"prompt": ("-p",), "sampler_type": ("--sampler",), "duration_padding_sec": ("--duration-padding",),
@@ -93,43 +93,6 @@ def describe(err: OptionError) -> str:
 # -- argument types -------------------------------------------------------------------------------
 
 
-class Number:
-    """A number checked against a field's bounds by `check_number`, as the request checks it; the bounds
-    stay readable (`low`, `high`, `low_open`, `integer`) so tests can compare them with the metadata."""
-
-    def __init__(self, low: float | None = None, high: float | None = None, low_open: bool = False,
-                 integer: bool = False):
-        self.low, self.high, self.low_open, self.integer = low, high, low_open, integer
-        self.__name__ = "integer" if integer else "number"
-
-    @classmethod
-    def of(cls, meta: Any) -> Number:
-        return cls(meta["low"], meta["high"], meta["low_open"], meta["integer"])
-
-    def __call__(self, text: str) -> int | float:
-        try:
-            value = int(text) if self.integer else float(text)
-        except ValueError:
-            kind = "an integer" if self.integer else "a number"
-            raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
-        try:
-            check_number(value, "", self.low, self.high, integer=self.integer, low_open=self.low_open)
-        except OptionError as e:  # argparse names the flag; the message says what is allowed
-            raise argparse.ArgumentTypeError(f"{text} is invalid; {e.allowed}") from None
-        return value
-
-
-def json_text(text: str) -> Any:
-    """JSON options (`--dist-shift`, `--lora-configs`); their shape is checked by the request."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e.msg}, column {e.colno})") from None
-
-
-json_text.__name__ = "JSON"
-
-
 class Items(argparse.Action):
     """One value, or one per batch item, gathered over repeats (`-p a -p b` == `-p a b`); a default
     that is one value (seed -1) is replaced, not extended."""
@@ -143,46 +106,75 @@ class Items(argparse.Action):
 # -- generation -----------------------------------------------------------------------------------
 
 
-@cache
-def _model_defaults_help() -> dict[str, str]:
-    """The `(default: ...)` part of each from_model field's help: what it falls back to, read from the
-    configs so that `-h` cannot drift from them. Built with the parser (reads one small packaged JSON)."""
+def _config_of(model: str | None) -> dict | None:
+    """The config of `model` when it is cheap to know (the demo, a packaged Hub model, a local folder or
+    a file next to its model_config.json), read without torch; else None."""
     from importlib import resources
 
+    name = str(model or DEFAULT_MODEL)
+    try:
+        if name == DEFAULT_MODEL:
+            return json.loads(resources.files("stable_audio_3").joinpath("assets", DEFAULT_MODEL,
+                                                                         "model_config.json").read_text())
+        path = Path(name)
+        for candidate in (path / "model_config.json", path.parent / "model_config.json"):
+            if path.exists() and candidate.is_file():
+                return json.loads(candidate.read_text())
+        packaged = resources.files("stable_audio_3").joinpath("configs", f"{name}.json")
+        return json.loads(packaged.read_text()) if packaged.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
+@cache
+def _model_defaults_help(model: str | None = None) -> dict[str, str]:
+    """The `(default: ...)` part of the help of the fields whose default is the model's: what `model` (the
+    default demo, or the one `--model` names) recommends, read from its config so that `-h` cannot drift
+    from it, and what other models use."""
     from .request import ModelDefaults
 
     def of(objective: str) -> ModelDefaults:
         return ModelDefaults.from_config({"model": {"diffusion": {"diffusion_objective": objective}}})
 
     post, base = of("rf_denoiser"), of("rectified_flow")
-    try:  # the demo folder's config (loading.configs.demo_folder(), not imported here: it imports torch)
-        demo_config = resources.files("stable_audio_3").joinpath("assets", DEFAULT_MODEL, "model_config.json")
-        demo = ModelDefaults.from_config(json.loads(demo_config.read_text()))
-        demo_part = f"demo: {demo.steps} steps, cfg {demo.cfg_scale:g}, {demo.sampler}; "
-        demo_duration = f"demo: {demo.duration:g} s; "
-    except (OSError, ValueError, KeyError):  # an install without the demo's files
-        demo_part = demo_duration = ""
-    recommended = (f"default: the model's recommendation ({demo_part}post-trained: {post.steps}, {post.cfg_scale:g}, "
-                   f"{post.sampler}; -base: {base.steps}, {base.cfg_scale:g}, {base.sampler})")
-    duration = f"default: the model's ({demo_duration}others: {post.duration:g} s, or their maximum if shorter)"
-    return {"steps": recommended, "cfg_scale": recommended, "sampler_type": recommended, "duration": duration}
+    name = str(model or DEFAULT_MODEL)
+    try:
+        config = _config_of(name)
+        d = ModelDefaults.from_config(config) if config else None
+    except (KeyError, TypeError, ValueError):  # not a generation model's config
+        d = None
+    shown = Path(name).name if Path(name).exists() else name
+    others = {"steps": f"post-trained models {post.steps}, -base {base.steps}",
+              "cfg_scale": f"post-trained models {post.cfg_scale:g}, -base {base.cfg_scale:g}",
+              "sampler_type": f"post-trained models {post.sampler}, -base {base.sampler}",
+              "duration": f"others {post.duration:g} s or their maximum if shorter",
+              "inpaint_paste_back": "off unless a model's card recommends it"}
+    if d is None:
+        mine = {}
+    else:
+        mine = {"steps": str(d.steps), "cfg_scale": f"{d.cfg_scale:g}", "sampler_type": d.sampler,
+                "duration": f"{d.duration:g} s", "inpaint_paste_back": "on" if d.inpaint_paste_back else "off"}
+    return {field: (f"default: the model's recommended: {mine[field]} for {shown}; {text}" if field in mine else
+                    f"default: the model's recommended: {text}") for field, text in others.items()}
 
 
-def field_help(name: str, meta: Any, default: Any) -> str:
-    """The field's help line in flag spelling, with the default the command line really uses."""
+def field_help(name: str, meta: Any, default: Any, model: str | None = None) -> str:
+    """The field's help line in flag spelling, with the default the command line really uses (for
+    `model`'s recommendations: the demo's unless `--model` names another)."""
     text = CLI_HELP.get(name, meta["help"]).replace("%", "%%").replace("(None: ", "(default: ")
-    if name in _model_defaults_help():
-        text = f"{text.split(' (default')[0]} ({_model_defaults_help()[name]})"
+    if name in _model_defaults_help(model):
+        text = f"{text.split(' (default')[0].split('; None:')[0]} ({_model_defaults_help(model)[name]})"
     elif default is not None and "default" not in text:
         text += " (default: %(default)s)" if meta["kind"] == "bool" else f" (default: {default})"
     return respell(text)
 
 
-def add_field(group: argparse._ArgumentGroup, name: str, field: Any, required: bool = False) -> argparse.Action:
+def add_field(group: argparse._ArgumentGroup, name: str, field: Any, required: bool = False,
+              model: str | None = None) -> argparse.Action:
     """One flag made from a request or load field's metadata."""
     meta, kind = field.metadata, field.metadata["kind"]
     default = None if meta["from_model"] else field.default
-    kw: dict[str, Any] = dict(dest=name, default=default, help=field_help(name, meta, default))
+    kw: dict[str, Any] = dict(dest=name, default=default, help=field_help(name, meta, default, model))
     if kind == "bool":
         kw["action"] = argparse.BooleanOptionalAction
     elif kind == "choice":
@@ -202,7 +194,10 @@ def add_field(group: argparse._ArgumentGroup, name: str, field: Any, required: b
     return group.add_argument(*option_strings(name), required=required, **kw)
 
 
-def build_generate_parser() -> argparse.ArgumentParser:
+def build_generate_parser(model: str | None = None) -> argparse.ArgumentParser:
+    """The generation flags; `model` (what `--model` names, for -h) picks the recommendations the help shows."""
+    from . import __version__
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Generate audio from text (and optionally audio) with Stable Audio 3.",
@@ -211,6 +206,10 @@ def build_generate_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--from-metadata", metavar="FILE", help="generate again the audio file FILE (written by "
+                   "stable-audio, the page or the server) from the request its metadata records: same model, "
+                   "LoRAs, settings and seed (with the input audio again: --init-audio / --inpaint-audio)")
     m = p.add_argument_group("model")
     m.add_argument("--model", default=DEFAULT_MODEL, help="model name (demo, small-music, small-sfx, medium, and "
                    "their -base versions) or a local model folder / .safetensors file (default: %(default)s)")
@@ -221,7 +220,7 @@ def build_generate_parser() -> argparse.ArgumentParser:
     group_of = {name: groups[title] for title, names in GROUPS.items() for name in names}
     for name, field in FIELDS.items():
         if name not in PYTHON_ONLY:  # a field added later still gets a flag, in the last group
-            add_field(group_of.get(name, groups["decoding and LoRA"]), name, field, required=name == "prompt")
+            add_field(group_of.get(name, groups["decoding and LoRA"]), name, field, model=model)
     d = groups["decoding and LoRA"]
     d.add_argument("--lora-ckpt-path", action="extend", nargs="+", metavar="PATH",
                    help="LoRA file(s), stacked; or the name of a LoRA shipped with the model (demo: octave-up)")
@@ -231,7 +230,9 @@ def build_generate_parser() -> argparse.ArgumentParser:
                    help="which LoRA (0-based, in --lora-ckpt-path order) the matching --lora-strength sets")
     o = p.add_argument_group("output")
     o.add_argument("-o", "--output", default="output.wav", help="file; the extension picks the format: .wav .flac "
-                   ".ogg .mp3 (default: output.wav); a batch writes name_0.ext, name_1.ext, ...")
+                   ".ogg .mp3 (default: output.wav); a batch writes name_0.ext, name_1.ext, ...; its folder "
+                   "must exist (see --mkdir)")
+    o.add_argument("--mkdir", action="store_true", help="create the output folder (and its parents) if missing")
     depths = "; ".join(f"{suffix[1:].upper()}: {', '.join(map(str, sorted(bits)))} (default: "
                        f"{output.DEFAULT_BIT_DEPTH[suffix]})" for suffix, bits in output.BIT_DEPTHS.items())
     o.add_argument("--bit-depth", type=int, choices=sorted({b for bits in output.BIT_DEPTHS.values() for b in bits}),
@@ -319,7 +320,7 @@ def _output_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> None
     suffix = out.suffix.lower()
     if suffix not in output.OUTPUT_FORMATS:
         p.error(f"-o/--output: unsupported extension {out.suffix!r}; allowed: {', '.join(output.OUTPUT_FORMATS)}")
-    _writable(p, out)
+    _writable(p, out, args.mkdir)
     if args.bit_depth is not None and args.bit_depth not in output.BIT_DEPTHS.get(suffix, {}):
         allowed = {s: sorted(d) for s, d in output.BIT_DEPTHS.items()}
         p.error(f"--bit-depth {args.bit_depth} does not apply to {suffix} output; allowed: {allowed}")
@@ -355,16 +356,41 @@ def _input_audio_checks(p: argparse.ArgumentParser, request: GenerationRequest) 
 def check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace
                         ) -> tuple[GenerationRequest, LoadOptions, list[tuple[str, float]]]:
     """Every check that needs no model, before any loads; a mistake exits with code 2 naming the flag.
-    Input audio files are read here too."""
-    loras = _lora_checks(p, args)
+    Input audio files are read here too. With --from-metadata, the request is the file's (`reproduce`)."""
+    args.item = None  # every item of the batch is written (--from-metadata: only the recorded one)
+    if args.from_metadata:
+        from . import reproduce
+
+        request, load, loras = reproduce.check_args(p, args, describe, flag)
+        _lora_checks(p, argparse.Namespace(**{**vars(args), "lora_strength": None, "lora_index": None,
+                                              "precision": load.precision}))
+    else:
+        if args.prompt is None:
+            p.error("the following arguments are required: -p/--prompt (or --from-metadata FILE)")
+        loras = _lora_checks(p, args)
+        try:
+            request = request_from_args(args).verify()
+            load = LoadOptions.from_namespace(args)
+        except OptionError as e:
+            p.error(describe(e))
     _output_checks(p, args)
-    try:
-        request = request_from_args(args).verify()
-        load = LoadOptions.from_namespace(args)
-    except OptionError as e:
-        p.error(describe(e))
+    _device_check(p, load)
     _input_audio_checks(p, request)
     return request, load, loras
+
+
+def _device_check(p: argparse.ArgumentParser, load: LoadOptions) -> None:
+    """A --device this machine lacks is a usage error now, not a failed load."""
+    if load.device is None:
+        return
+    from .loading import resolve_device
+
+    try:
+        resolve_device(load.device)
+    except ValueError as e:
+        reason = re.sub(r"^device='[^']*' ", "", str(e).split("; ")[0])
+        hint = ("use --device cpu" if "not available" in reason else "allowed: cpu, cuda, cuda:N, mps")
+        p.error(f"--device {load.device} {reason}; {hint}, or leave --device out to pick the best available")
 
 
 def _generate(args: argparse.Namespace, request: GenerationRequest, load: LoadOptions,
@@ -378,146 +404,45 @@ def _generate(args: argparse.Namespace, request: GenerationRequest, load: LoadOp
         for i, (_, strength) in enumerate(loras):
             if strength != 1.0:
                 model.set_lora_strength(strength, lora_index=i)
+    chosen = request.inpaint_paste_back
+    request = request.recommended(model.defaults)  # inpainting: the model's paste-back unless told
     # The model runs unclamped: --clamp keeps each file in [-1, 1] with one gain (no clipping).
     planned = request.resolve(model.defaults)  # a too-long duration is refused here, before sampling
     log.info("%s: %d steps, cfg %g, sampler %s", args.model, planned.steps, planned.cfg_scale, planned.sampler_type)
     gen = model.run(request.replace(clamp=False), callback=output.progress_bar(planned.steps, disable=args.quiet))
-    r, sr = gen.request, gen.sample_rate
-    for i, path in enumerate(output.output_paths(args.output, r.batch_size)):
+    r, sr = gen.request.replace(clamp=request.clamp), gen.sample_rate
+    digests, used = output.audio_digests(r), model.load_options
+    paste = ""
+    if r.inpaint_audio is not None:
+        paste = f", paste-back {'on' if r.inpaint_paste_back else 'off'}" + (
+            " (the model's recommendation; --paste-back / --no-paste-back choose)" if chosen is None else "")
+    for i, path in enumerate(output.output_paths(args.output, 1 if args.item is not None else r.batch_size)):
+        i = i if args.item is None else args.item
         item = output.item_audio(gen.audio, r, i, sr)
-        meta = output.file_metadata(r, gen.seeds, i, str(args.model), loras)
+        record = output.file_record(r, gen.seeds, i, str(args.model), loras, used, digests, args.model_config)
+        meta = output.file_metadata(r, gen.seeds, i, str(args.model), loras, path.suffix, record)
         path, gain_db = output.save_item(path, item, sr, meta, args.peak_ceiling, args.bit_depth, args.mp3_bitrate,
-                                  clamp=request.clamp)
+                                         clamp=request.clamp)
         shared = f", item {i} of a batch" if r.batch_size > 1 and not isinstance(r.seed, list) else ""
         digits = 2 if gain_db <= -0.005 else 4  # a gain too small for 2 decimals still shows
         note = f", gain {gain_db:.{digits}f} dB to keep the peak under the ceiling" if gain_db else ""
-        print(f"wrote {path} ({item.shape[-1] / sr:.2f} s, seed {output.item_seed(gen.seeds, i)}{shared}{note})")
-
-
-def _writable(p: argparse.ArgumentParser, out: Path) -> None:
-    """An output path that can be written: not a folder, and in a folder that exists (or can be made)
-    and takes files."""
-    import os
-
-    if out.is_dir():
-        p.error(f"-o/--output: {out} is a folder; a file name is required")
-    folder = out.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
-        p.error(f"-o/--output: cannot write {out}: {folder} is not a writable folder")
-
-
-# -- autoencoder ------------------------------------------------------------------------------------
-
-
-def _encode(args: argparse.Namespace, audio, sr: int, out: Path) -> None:
-    import os
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    from .api import AutoencoderModel
-
-    ae = AutoencoderModel.from_pretrained(args.model, device=args.device)
-    latents = ae.encode(audio, sr, chunked=args.chunked)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".safetensors", dir=out.parent)
-    except OSError as e:
-        raise OSError(f"cannot write {out}: {e.strerror or e}") from None
-    os.close(fd)
-    try:  # written whole or not at all, as the audio files are
-        save_file({"latents": latents.cpu().contiguous()}, tmp,
-                  metadata={"sample_rate": str(ae.sample_rate), "source": str(args.input)})
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    print(f"wrote {out}: latents {tuple(latents.shape)} from {audio.shape[-1] / sr:.2f} s at {sr} Hz")
-
-
-def read_latents(path: str):
-    """The 'latents' tensor of a .safetensors file, checked: (latent_dim, frames) or (batch, latent_dim,
-    frames), at least one frame, finite. A file that is not such a file is a ValueError naming it."""
-    import torch
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            keys = list(f.keys())
-            if "latents" not in keys:
-                raise ValueError(f"{path}: no 'latents' tensor inside (found: {', '.join(keys) or 'nothing'})")
-            latents = f.get_tensor("latents")
-    except ValueError:
-        raise
-    except Exception as e:  # safetensors' own error type: not a safetensors file, truncated, ...
-        raise ValueError(f"{path}: not a readable .safetensors latents file ({e})") from None
-    if latents.dim() not in (2, 3) or latents.shape[-1] == 0 or not latents.is_floating_point():
-        raise ValueError(f"{path}: 'latents' is {latents.dtype} {tuple(latents.shape)}; floating-point (latent_dim, "
-                         "frames) or (batch, latent_dim, frames) with at least one frame is required")
-    if not bool(torch.isfinite(latents).all()):
-        raise ValueError(f"{path}: 'latents' holds NaN or infinite values")
-    return latents
-
-
-def _decode(args: argparse.Namespace, latents) -> None:
-    import torch
-
-    from .api import AutoencoderModel
-    from .audio import write_audio
-
-    ae = AutoencoderModel.from_pretrained(args.model, device=args.device)
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
-    audio = ae.decode(latents, chunked=args.chunked, noise=not args.no_noise)
-    outputs = [write_audio(path, item, ae.sample_rate)
-               for path, item in zip(output.output_paths(args.output, len(audio)), audio, strict=True)]
-    print("wrote " + ", ".join(str(o) for o in outputs))
-
-
-def build_autoencoder_parser(command: str) -> argparse.ArgumentParser:
-    helptext = {"encode": "audio file -> latents (.safetensors)", "decode": "latents (.safetensors) -> audio file"}
-    p = argparse.ArgumentParser(prog=f"{PROG} {command}", description=helptext[command])
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    p.add_argument("input", help="audio file (encode) or .safetensors latents (decode)")
-    p.add_argument("-o", "--output", required=command == "decode",
-                   help="output path" + (" (.wav, .flac, .ogg or .mp3)" if command == "decode" else ""))
-    p.add_argument("--model", default="same-s", help="same-s, same-l, or a local model folder / file")
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    p.add_argument("--chunked", action="store_true", help="process in overlapping chunks (less memory)")
-    if command == "decode":
-        p.add_argument("--seed", type=Number(0, SEED_MAX, integer=True), default=None,
-                       help="seed for the decoder's noise draws")
-        p.add_argument("--no-noise", action="store_true", help="skip the decoder's dither and mask noise")
-    return p
-
-
-def check_autoencoder_args(p: argparse.ArgumentParser, command: str, args: argparse.Namespace) -> tuple:
-    """encode: the audio read and the output checked; decode: the latents read and the output's format
-    checked; all before the model loads (a mistake exits with code 2)."""
-    if command == "encode":
-        from .audio import read_audio
-
-        try:
-            audio, sr = read_audio(args.input, max_values=DEFAULT_LIMITS.max_input_values)
-            DEFAULT_LIMITS.check_audio(args.input, sr, audio.shape[0], audio.shape[-1])
-        except (ValueError, OSError) as e:  # OptionError included
-            p.error(str(e))
-        out = Path(args.output or Path(args.input).with_suffix(".latents.safetensors"))
-        _writable(p, out)
-        return audio, sr, out
-    out = Path(args.output)
-    if out.suffix.lower() not in output.OUTPUT_FORMATS:
-        p.error(f"-o/--output: unsupported extension {out.suffix!r}; allowed: {', '.join(output.OUTPUT_FORMATS)}")
-    _writable(p, out)
-    try:
-        return (read_latents(args.input),)
-    except ValueError as e:
-        p.error(str(e))
+        print(f"wrote {path} ({item.shape[-1] / sr:.2f} s, seed {output.item_seed(gen.seeds, i)}{shared}{paste}"
+              f"{note})")
 
 
 # -- entry point ------------------------------------------------------------------------------------
+
+
+def _named_model(argv: list[str]) -> str | None:
+    """What `--model` names on a command line asking for help, so -h shows that model's defaults."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--model="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 class Terminated(BaseException):
@@ -567,19 +492,25 @@ def _main(argv: list[str] | None = None) -> int:
 
         return long_main(argv)
 
-    parser = build_generate_parser() if command == "generate" else build_autoencoder_parser(command)
+    if command == "generate":
+        parser = build_generate_parser(_named_model(argv))
+    else:
+        from . import cli_autoencoder
+
+        parser = cli_autoencoder.build_autoencoder_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if command == "generate":
         checked = check_generate_args(parser, args)
     else:
-        checked = check_autoencoder_args(parser, command, args)
+        checked = cli_autoencoder.check_autoencoder_args(parser, command, args)
 
     from .loading import ModelLoadError
     from .pipeline import GenerationCancelled
 
     try:
-        {"generate": _generate, "encode": _encode, "decode": _decode}[command](args, *checked)
+        run = _generate if command == "generate" else getattr(cli_autoencoder, command)
+        run(args, *checked)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

@@ -469,6 +469,27 @@ def collect(model: StableAudioModel, plan: LongPlan, callback=None,
     return LongGeneration(audio, plan.windows, plan, plan.sample_rate)
 
 
+def check_lengths(long: LongFormRequest, max_seconds: float) -> None:
+    """Refuse a window, overlap or margin longer than the model's longest window (`max_seconds`) before
+    planning: none of them can be, and astronomically long ones would not fit the plan's integers."""
+    for name in ("window_seconds", "overlap_seconds", "margin_seconds"):
+        value = getattr(long, name)
+        if value is not None and is_number(value) and value > max_seconds:
+            raise OptionError(name, value, "", f"{name}={value:g} is too long; this model's windows are at most "
+                              f"{max_seconds:.2f} seconds")
+
+def piece_metadata(plan: LongPlan, model: str, loras: Sequence[tuple[str, float]] = ()) -> dict[str, str]:
+    """A piece's file metadata: title = its prompts with their start times; comment = the settings that
+    reproduce it (its plan, its first seed, the sampling options and LoRAs)."""
+    from . import __version__
+
+    r = plan.base
+    prompts = " | ".join(f"{start:g}s: {prompt}" for start, prompt in plan.request.entries())
+    comment = (f"long-form: {plan.describe()}; seed={plan.windows[0].seed} (window i: seed + i) model={model} "
+               f"steps={r.steps} cfg_scale={r.cfg_scale:g} sampler={r.sampler_type}"
+               + "".join(f" lora={name}@{strength:g}" for name, strength in loras))
+    return {"title": prompts, "comment": comment, "software": f"stable-audio-3 {__version__}"}
+
 def long_request(prompt: str | None = None, duration: float | None = None, *,
                  schedule: Sequence[tuple[float, str]] | None = None, window_seconds: float | None = None,
                  overlap_seconds: float | None = None, margin_seconds: float | None = None,

@@ -14,17 +14,16 @@ loads where they can; failures while generating exit with 1.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
 import struct
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from . import output
+from .cli_args import PROG, Number, json_text
 from .longform import LONG_FIELDS, NOT_FOR_LONG_FORM, LongFormRequest
 from .request import (
     FIELDS,
@@ -33,12 +32,10 @@ from .request import (
     LoadOptions,
     OptionError,
     add_load_flags,
-    check_number,
 )
 
 log = logging.getLogger("stable_audio_3")
 
-PROG = "stable-audio"  # as cli.PROG: this module cannot import cli (cli dispatches here)
 COMMAND = f"{PROG} long"
 DEFAULT_MODEL = "demo"
 LONG_FLAGS = {"duration": "--duration", "window_seconds": "--window", "overlap_seconds": "--overlap",
@@ -60,32 +57,6 @@ def flag_of(name: str) -> str:
     return LONG_FLAGS.get(name) or ALIASES.get(name) or SINGLE.get(name, ("--" + name.replace("_", "-"),))[-1]
 
 
-def bounded(meta) -> Callable[[str], float]:
-    """An argparse type checking a field's bounds as the request does (`check_number`)."""
-    integer = meta["integer"]
-
-    def parse(text: str) -> float:
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if integer else 'a number'}") from None
-        try:
-            check_number(value, "", meta["low"], meta["high"], integer=integer, low_open=meta["low_open"])
-        except OptionError as e:
-            raise argparse.ArgumentTypeError(f"{text} is invalid; {e.allowed}") from None
-        return value
-
-    parse.__name__ = "integer" if integer else "number"
-    return parse
-
-
-def json_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid JSON ({e.msg}, column {e.colno})") from None
-
-
 def add_request_flag(group, name: str, field) -> None:
     """One flag from a request field's metadata (kinds: number, choice, pair, json, bool, text)."""
     meta, kind = field.metadata, field.metadata["kind"]
@@ -99,9 +70,9 @@ def add_request_flag(group, name: str, field) -> None:
     elif kind == "choice":
         kw["choices"] = meta["choices"]
     elif kind in ("number", "pair"):
-        kw["type"] = bounded(meta)
+        kw["type"] = Number.of(meta)
     elif kind == "json":
-        kw.update(type=json_value, metavar="JSON")
+        kw.update(type=json_text, metavar="JSON")
     if kind == "pair":
         kw.update(nargs=2, metavar=("LOW", "HIGH"))
     names = [flag_of(name)] + (["--" + name.replace("_", "-")] if name in ALIASES else [])
@@ -130,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         meta = LONG_FIELDS[name].metadata
         default = LONG_FIELDS[name].default
         text = meta["help"] + ("" if default is None or "default" in meta["help"] else f" (default: {default:g})")
-        w.add_argument(flag, dest=name, type=bounded(meta), default=default, metavar="SECONDS",
+        w.add_argument(flag, dest=name, type=Number.of(meta), default=default, metavar="SECONDS",
                        required=name == "duration", help=text.replace("%", "%%"))
-    w.add_argument("--seed", dest="seed", type=bounded(FIELDS["seed"].metadata), default=-1,
+    w.add_argument("--seed", dest="seed", type=Number.of(FIELDS["seed"].metadata), default=-1,
                    help="window i uses seed + i (default: -1, random)")
     w.add_argument("--negative-prompt", dest="negative_prompt", help=FIELDS["negative_prompt"].metadata["help"]
                    .split(";")[0])
@@ -144,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LoRA file(s), stacked; or the name of a LoRA shipped with the model")
     s.add_argument("--lora-strength", action="append", type=float, metavar="S",
                    help="strength for all LoRAs, or for the one named by the --lora-index that follows")
-    s.add_argument("--lora-index", action="append", type=bounded(dict(low=0, high=None, integer=True,
+    s.add_argument("--lora-index", action="append", type=Number.of(dict(low=0, high=None, integer=True,
                                                                          low_open=False)), metavar="I",
                    help="which LoRA the matching --lora-strength sets")
     o = p.add_argument_group("output")

@@ -170,8 +170,10 @@ class GenerationRequest:
     inpaint_mask_end_seconds: float | list[float] | None = option(
         None, "end of each region to regenerate", low=0, kind="regions")
     continuation: bool = option(False, "keep all of inpaint_audio and continue it up to duration", kind="bool")
-    inpaint_paste_back: bool = option(False, "put inpaint_audio back exactly over the kept parts (20 ms "
-                                      "crossfades inside each regenerated region)", kind="bool")
+    inpaint_paste_back: bool | None = option(
+        None, "put inpaint_audio back exactly over the kept parts (20 ms crossfades inside each regenerated "
+        "region); None: off in Python (the reference's behaviour), the model's recommendation on the command "
+        "line, the page and the server (`recommended`)", kind="bool")
     lora_configs: list[dict] | None = option(
         None, "per-LoRA sampling controls: [{'lora_index': i, 'interval': [low, high], 'layer_filter': "
         "'names'}]: LoRA i acts only while t is in [low, high], and not on layers whose name holds a "
@@ -221,8 +223,10 @@ class GenerationRequest:
                 and interval[0] <= interval[1]):
             raise OptionError("cfg_interval", interval, "(low, high) with 0 <= low <= high <= 1 is required")
         for name in ("continuation", "inpaint_paste_back", "return_latents", "truncate_output_to_duration", "clamp"):
-            if not isinstance(getattr(self, name), bool):
-                raise OptionError(name, getattr(self, name), "True or False is required")
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "inpaint_paste_back" and value is None):
+                raise OptionError(name, value, "True or False is required" + (
+                    " (or None: the default)" if name == "inpaint_paste_back" else ""))
         if self.chunked_decode not in (None, True, False) or not isinstance(self.chunked_decode, (bool, type(None))):
             raise OptionError("chunked_decode", self.chunked_decode, "allowed: None (the config's), True, False")
         check_shift_options(self.dist_shift)
@@ -328,7 +332,80 @@ class GenerationRequest:
             init_noise_level=(A2A_DEFAULT_NOISE_LEVEL if self.init_noise_level is None else
                               float(self.init_noise_level)) if self.init_audio is not None else 1.0,
             cfg_interval=(float(self.cfg_interval[0]), float(self.cfg_interval[1])),
+            inpaint_paste_back=bool(self.inpaint_paste_back),  # None: off, as the reference
         )
+
+    def recommended(self, defaults: ModelDefaults) -> GenerationRequest:
+        """The request as the command line, the page and the server run it: inpainting or continuation
+        with no paste-back choice gets the model's recommendation (`defaults.inpaint_paste_back`; the
+        demo's card recommends it). The Python API leaves it off, as the reference does."""
+        if self.inpaint_paste_back is not None or self.inpaint_audio is None:
+            return self
+        regions = self.inpaint_mask_start_seconds is not None or self.inpaint_mask is not None
+        return self.replace(inpaint_paste_back=defaults.inpaint_paste_back if regions or self.continuation else None)
+
+    # -- serialisation --------------------------------------------------------------------------
+    def to_json(self, digests: dict[str, dict] | None = None) -> dict[str, Any]:
+        """Every option as a JSON value; tuples become lists and each audio input its digest, from
+        `digests` (field name -> `output.audio_digest` of the input: its name, rate, shape and the sha256
+        of its samples; this module reads no audio). `from_json` reverses it."""
+        digests = digests or {}
+        missing = [name for name in AUDIO_FIELDS if getattr(self, name) is not None and name not in digests]
+        if missing:
+            raise ValueError(f"to_json: {missing[0]} is given but digests has no entry for it "
+                             "(output.audio_digests(request) makes them)")
+        out: dict[str, Any] = {}
+        for name in FIELDS:
+            value = getattr(self, name)
+            if name in AUDIO_FIELDS and value is not None:
+                value = digests[name]
+            elif name == "inpaint_mask" and value is not None:
+                value = {"sha256": sha256_of_samples(value, 0)}
+            elif name == "dist_shift" and value is not None and not isinstance(value, dict):
+                value = {"object": repr(value)}
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], audio: dict[str, Any] | None = None,
+                  digests: dict[str, dict] | None = None) -> GenerationRequest:
+        """The request `to_json` wrote. `audio`: the input audio again (field name -> path or
+        (sample_rate, audio)), with `digests` (their `output.audio_digest`s), each checked against the
+        recorded one; a missing, extra or different input is an OptionError naming the field."""
+        digests = digests or {}
+        if not isinstance(data, dict):
+            raise OptionError("request", "...", "", "a JSON object of request options is required")
+        unknown = sorted(set(data) - set(FIELDS))
+        if unknown:
+            raise OptionError(unknown[0], data[unknown[0]], "", f"{unknown[0]} is not an option of this version "
+                              f"({', '.join(unknown)}); it was written by another version")
+        audio = dict(audio or {})
+        values = dict(data)
+        for name in AUDIO_FIELDS:
+            recorded, given = data.get(name), audio.pop(name, None)
+            if recorded is None:
+                if given is not None:
+                    raise OptionError(name, "...", "", f"the recorded request has no {name}; do not give one")
+                continue
+            if given is None:
+                raise OptionError(name, "...", "", f"the recorded request used {name} {recorded.get('name')!r} "
+                                  f"(sha256 {str(recorded.get('sha256'))[:12]}...); give that audio again")
+            digest = digests.get(name) or {}
+            if digest.get("sha256") != recorded.get("sha256"):
+                raise OptionError(name, "...", "", f"{digest.get('name')} is not the audio the recorded request used "
+                                  f"({recorded.get('name')!r}): its samples' sha256 differs")
+            values[name] = given
+        if audio:
+            raise OptionError(next(iter(audio)), "...", "", "not an audio input of the request")
+        if data.get("inpaint_mask") is not None:
+            raise OptionError("inpaint_mask", "...", "", "the recorded request used an inpaint_mask tensor, which "
+                              "metadata cannot restore")
+        if isinstance(data.get("dist_shift"), dict) and "object" in data["dist_shift"]:
+            raise OptionError("dist_shift", data["dist_shift"]["object"], "", "the recorded request used a "
+                              "dist_shift object, which metadata cannot restore")
+        if isinstance(values.get("cfg_interval"), list):
+            values["cfg_interval"] = tuple(values["cfg_interval"])
+        return cls(**values)
 
     def replace(self, **changes) -> GenerationRequest:
         return dataclasses.replace(self, **changes)
@@ -336,6 +413,18 @@ class GenerationRequest:
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(GenerationRequest)}
 PER_ITEM = tuple(name for name, f in FIELDS.items() if f.metadata["per_item"])
+AUDIO_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["kind"] == "audio")
+
+
+def sha256_of_samples(samples: Any, rate: int) -> str:
+    import hashlib
+
+    import numpy as np
+
+    array = samples.detach().float().cpu().numpy() if hasattr(samples, "detach") else np.asarray(samples)
+    digest = hashlib.sha256(f"{rate}:{array.shape}:".encode())
+    digest.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
+    return digest.hexdigest()
 
 
 def default_sampler(diffusion_objective: str) -> str:
@@ -357,6 +446,7 @@ class ModelDefaults:
     sampler: str
     duration: float
     is_base: bool
+    inpaint_paste_back: bool = False  # recommended for inpainting and continuation on the CLI, page, server
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)  # what requests are held to (see `Limits`)
 
     @property
@@ -367,7 +457,9 @@ class ModelDefaults:
     def from_config(cls, config: dict, limits: Limits | None = None) -> ModelDefaults:
         """Post-trained (`rf_denoiser`): 8 steps, cfg 1, ping-pong (the reference's defaults); -base
         (`rectified_flow`): 50, 7, Euler (the model card's); a config's `default_steps`,
-        `default_cfg_scale`, `default_sampler` and `default_duration` (the demo has them) win."""
+        `default_cfg_scale`, `default_sampler` and `default_duration` (the demo has them) win;
+        `default_inpaint_paste_back` (the demo: true) is what the command line, the page and the server
+        use for inpainting and continuation when the request does not say."""
         objective = config["model"]["diffusion"].get("diffusion_objective", "v")
         is_base = objective == "rectified_flow"
         sample_rate = int(config.get("sample_rate", 44100))
@@ -384,7 +476,8 @@ class ModelDefaults:
         duration = config.get("default_duration")
         duration = min(float(duration), max_duration) if is_number(duration) and duration > 0 else \
             min(120.0, max_duration)
-        return cls(sample_rate, max_samples, int(steps), cfg, sampler, duration, is_base, limits)
+        paste_back = config.get("default_inpaint_paste_back") is True
+        return cls(sample_rate, max_samples, int(steps), cfg, sampler, duration, is_base, paste_back, limits)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,11 @@ def tiny() -> str:
     return str(fixture_dir("tiny-small"))
 
 
+def human(path: Path | str) -> str:
+    """The first line of a file's comment: the settings, for people (the record follows on the next)."""
+    return sf.SoundFile(str(path)).copy_metadata()["comment"].splitlines()[0]
+
+
 def tone(path: Path, seconds: float = 1.0, freq: float = 220.0) -> Path:
     t = torch.arange(int(seconds * SR)) / SR
     write_audio(path, torch.stack([torch.sin(2 * math.pi * freq * t)] * 2) * 0.5)
@@ -143,7 +148,7 @@ def test_lora_flags_reach_the_model(tmp_path: Path, capsys: pytest.CaptureFixtur
     none, full, off = (read_audio(tmp_path / f"{n}.wav")[0] for n in ("none", "full", "off"))
     assert torch.allclose(none, off, atol=1e-5)
     assert not torch.allclose(none, full, atol=1e-3)
-    comments = [sf.SoundFile(str(tmp_path / f"{n}.wav")).copy_metadata()["comment"] for n in ("none", "full", "off")]
+    comments = [human(tmp_path / f"{n}.wav") for n in ("none", "full", "off")]
     assert "lora=" not in comments[0]
     assert comments[1].endswith(" lora=lora_a.safetensors@1") and comments[2].endswith(" lora=lora_a.safetensors@0")
     assert "wrote" in capsys.readouterr().out
@@ -273,11 +278,16 @@ def test_every_request_field_has_one_flag_with_its_default_and_bounds() -> None:
 
 def test_help_states_the_models_defaults() -> None:
     flags = cli.generation_flags(cli.build_generate_parser())
-    recommendation = ("default: the model's recommendation (demo: 32 steps, cfg 4, euler; post-trained: 8, 1, "
-                      "pingpong; -base: 50, 7, euler)")
-    for name in ("steps", "cfg_scale", "sampler_type"):
-        assert recommendation in flags[name].help
-    assert "(default: the model's (demo: 3 s; others: 120 s" in flags["duration"].help
+    expected = {"steps": "(default: the model's recommended: 32 for demo; post-trained models 8, -base 50)",
+                "cfg_scale": "(default: the model's recommended: 4 for demo; post-trained models 1, -base 7)",
+                "sampler_type": "(default: the model's recommended: euler for demo; post-trained models pingpong, "
+                "-base euler)",
+                "duration": "(default: the model's recommended: 3 s for demo; others 120 s or their maximum if "
+                "shorter)",
+                "inpaint_paste_back": "(default: the model's recommended: on for demo; off unless a model's card "
+                "recommends it)"}
+    for name, text in expected.items():
+        assert flags[name].help.endswith(text), flags[name].help
     assert "used when --cfg-scale != 1" in flags["negative_prompt"].help  # Python names in flag spelling
     assert "(default: 6.0)" in flags["duration_padding_sec"].help
 
@@ -298,7 +308,7 @@ def test_one_seed_for_a_batch_is_one_shared_generator(tmp_path: Path, capsys: py
     out = capsys.readouterr().out
     for i in range(2):
         path = tmp_path / f"b_{i}.wav"
-        comment = sf.SoundFile(str(path)).copy_metadata()["comment"]
+        comment = human(path)
         assert comment.startswith(f"seed=7 batch_size=2 item={i} model={tiny()} steps=8 cfg_scale=1 "), comment
         assert f"wrote {path} (1.00 s, seed 7, item {i} of a batch" in out
     a, b = (read_audio(tmp_path / f"b_{i}.wav")[0] for i in range(2))
@@ -369,6 +379,8 @@ def test_readme_examples_run_as_written(tmp_path: Path, monkeypatch: pytest.Monk
         info = sf.info(name)
         assert info.samplerate == SR and info.channels == 2, name
         assert abs(info.frames - seconds * SR) <= (2000 if name.endswith(".mp3") else 0), name
+    for made, again in (("fills.mp3", "fills-again.mp3"), ("tones_2.ogg", "tones-again.ogg")):
+        assert torch.equal(read_audio(made)[0], read_audio(again)[0]), again  # --from-metadata: the same samples
 
 
 def test_lora_shipped_with_the_model_by_name(tmp_path: Path) -> None:
@@ -379,7 +391,44 @@ def test_lora_shipped_with_the_model_by_name(tmp_path: Path) -> None:
     main(f"{common} --lora-ckpt-path {q(folder / 'loras' / 'style-a.safetensors')}", "-o", str(tmp_path / "a.wav"))
     main(f"{common} --lora-ckpt-path style-a", "-o", str(tmp_path / "b.wav"))
     assert torch.equal(read_audio(tmp_path / "a.wav")[0], read_audio(tmp_path / "b.wav")[0])
-    assert sf.SoundFile(str(tmp_path / "b.wav")).copy_metadata()["comment"].endswith(" lora=style-a@1")
+    assert human(tmp_path / "b.wav").endswith(" lora=style-a@1")
     res = run("-p", "x", "--model", str(folder), "--lora-ckpt-path", "style-b", "-o", str(tmp_path / "c.wav"))
     assert res.returncode == 2
     assert f"--lora-ckpt-path: file not found: style-b (LoRAs shipped with {folder}: style-a)" in res.stderr
+
+
+def test_version_and_help_with_a_named_model(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stable_audio_3 import __version__
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one help line per flag: no words broken across lines
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"stable-audio {__version__}"
+    for model, steps in (("small-music-base", 50), ("small-sfx", 8), (tiny(), 8)):
+        with pytest.raises(SystemExit):
+            cli.main(["--model", model, "-h"])
+        shown = Path(model).name if Path(model).exists() else model
+        help_text = capsys.readouterr().out
+        assert f"(default: the model's recommended: {steps} for {shown}; post-trained models 8, -base 50)" in help_text
+        assert f"(default: the model's recommended: off for {shown};" in help_text  # paste-back
+
+
+def test_a_missing_output_folder_is_named_and_never_made_unasked(tmp_path: Path) -> None:
+    target = tmp_path / "new" / "deeper" / "x.wav"
+    res = run("-p", "sine wave a4", "--duration", "0.5", "-o", str(target))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"stable-audio: error: -o/--output: the folder {target.parent} does not exist; create it, or pass --mkdir")
+    assert not (tmp_path / "new").exists()
+    main(f"-p 'sine wave a4' --duration 0.5 --steps 2 --mkdir -o {q(target)}")
+    assert sf.info(str(target)).frames == SR // 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_an_unavailable_device_is_a_usage_error_before_loading() -> None:
+    res = run("-p", "x", "--device", "cuda")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == (
+        "stable-audio: error: --device cuda is not available: this PyTorch has no usable CUDA GPU; use --device cpu, "
+        "or leave --device out to pick the best available")
+    assert "None" not in res.stderr

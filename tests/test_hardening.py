@@ -431,8 +431,8 @@ SIGNAL_DURING_WRITE = textwrap.dedent("""
 def test_a_signal_during_the_write_leaves_no_file(tmp_path: Path, signame: str, code: int, message: str) -> None:
     out = tmp_path / "out" / "o.flac"
     res = subprocess.run([sys.executable, "-c", SIGNAL_DURING_WRITE, signame, "-q", "-p", "x", "--model", str(tiny()),
-                          "--steps", "1", "--duration", "0.5", "-o", str(out)], capture_output=True, text=True,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          "--steps", "1", "--duration", "0.5", "--mkdir", "-o", str(out)],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert res.returncode == code, res.stderr
     assert res.stderr.strip().endswith(message) and "Traceback" not in res.stderr
     assert list(out.parent.iterdir()) == []  # neither the file nor a hidden .o.*.flac

@@ -225,15 +225,22 @@ def test_schedule_changes_the_pitch_through_the_api(model):
 
 
 def test_continuation_settings_come_from_the_config_when_it_has_them(model):
-    plain = model_plan(model, long_request("sine a4", 20, seed=1))
-    assert (plain.base.steps, plain.base.cfg_scale) == (model.defaults.steps, model.defaults.cfg_scale)
+    """The demo ships its card's continuation advice (8 steps, cfg 1); a config without it gets the
+    model's usual defaults, and what the request names always wins."""
     config = model.components.config
-    config.update(default_continuation_steps=8, default_continuation_cfg_scale=1.0)
+    keys = ("default_continuation_steps", "default_continuation_cfg_scale")
+    shipped = {k: config.pop(k) for k in keys if k in config}
     try:
+        plain = model_plan(model, long_request("sine a4", 20, seed=1))
+        config.update(default_continuation_steps=8, default_continuation_cfg_scale=1.0)
         tuned = model_plan(model, long_request("sine a4", 20, seed=1))
         named = model_plan(model, long_request("sine a4", 20, seed=1, steps=12))
     finally:
-        del config["default_continuation_steps"], config["default_continuation_cfg_scale"]
+        for k in keys:
+            config.pop(k, None)
+        config.update(shipped)
+    assert shipped == {"default_continuation_steps": 8, "default_continuation_cfg_scale": 1.0}
+    assert (plain.base.steps, plain.base.cfg_scale) == (model.defaults.steps, model.defaults.cfg_scale)
     assert (tuned.base.steps, tuned.base.cfg_scale) == (8, 1.0)
     assert (named.base.steps, named.base.cfg_scale) == (12, 1.0)  # what the request names wins
 

@@ -298,7 +298,7 @@ def browse_docs(base: str, key: str) -> None:
             page.fill("#key", key)
             page.click("#load")
             page.wait_for_selector("[data-op='POST /v1/generate']", timeout=15_000)
-            assert page.locator(".op").count() == 7
+            assert page.locator(".op").count() == 9
             page.click("[data-op='GET /v1/models']")
             page.click("#send")
             page.wait_for_selector("#answer:has-text('200 OK')", timeout=15_000)

@@ -140,7 +140,10 @@ def test_control_specs_cover_the_request_with_its_defaults_and_bounds(tmp_path: 
 def test_page_components_are_made_from_the_specs(app: gr.Blocks) -> None:
     specs = ui.control_specs(app.holder.model.defaults)
     assert set(app.controls) == set(specs)
-    assert untouched_values(app) == {name: spec["default"] for name, spec in specs.items()}
+    # Paste-back's checkbox reads off until an inpaint clip arrives (then the model's recommendation,
+    # test_inpainting_starts_with_the_model_cards_settings); the request's own default is None.
+    assert untouched_values(app) == {name: spec["default"] for name, spec in specs.items()} | {
+        "inpaint_paste_back": False}
     for name, spec in specs.items():
         first = app.controls[name].components[0]
         if spec["widget"] in ("slider", "number", "pair"):

@@ -29,9 +29,14 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device={device!r} is invalid; allowed: None (auto), 'cpu', 'cuda', 'cuda:N', 'mps'") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} is not available: this PyTorch has no usable CUDA; use 'cpu' or None")
+        raise ValueError(f"device={str(device)!r} is not available: this PyTorch has no usable CUDA GPU; use 'cpu', "
+                         "or leave the device unset to pick the best available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} is not available: this machine has {torch.cuda.device_count()} "
+                         f"CUDA device(s) (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("device='mps' is not available on this machine; use 'cpu' or None")
+        raise ValueError("device='mps' is not available on this machine; use 'cpu', or leave the device unset to "
+                         "pick the best available")
     if device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"device={str(device)!r} is not supported; allowed: None (auto), 'cpu', 'cuda', 'mps'")
     return device

@@ -28,6 +28,7 @@ from .. import __version__
 from .docs import DOCS_HEADERS, docs_page
 from .guard import OPEN_PATHS, check_host, check_site, has_key, unauthorized
 from .jobs import CANCELLED, COMPLETED, FINISHED, JOB_ID, QUEUED, RUNNING, Job, JobStore, new_job_id
+from .longform import add_long_routes, long_status
 from .metrics import prometheus_text
 from .resolve import batch_key, resolve_request
 from .schema import (
@@ -42,7 +43,7 @@ from .schema import (
 )
 from .settings import ServerConfig
 from .state import ServerState
-from .storage import disk_full_message, is_disk_full
+from .storage import disk_full_message, download_name, is_disk_full
 from .uploads import AUDIO_FORMATS, audio_file, parse_generate, save_uploads
 
 log = logging.getLogger("stable_audio_3.server")
@@ -101,6 +102,7 @@ def job_info(job: Job, store: JobStore, model: Any = None) -> dict:
         "audio_urls": [f"/v1/jobs/{job.id}/audio?index={i}" for i in range(len(job.outputs))],
         "request": {**job.params, "inputs": sorted(job.inputs)},
         "warnings": prompt_warnings(model, job.params),
+        **long_status(job, store, model),  # a long-form job: its plan, window and audio so far
     }
 
 
@@ -325,7 +327,7 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
             raise gone from None
         size = os.fstat(f.fileno()).st_size
         headers = {"Content-Length": str(size),
-                   "Content-Disposition": f'attachment; filename="{job_id}_{index}.{format}"'}
+                   "Content-Disposition": f'attachment; filename="{download_name(job, index, format)}"'}
         return StreamingResponse(read_chunks(f), media_type=AUDIO_FORMATS[format], headers=headers)
 
     @app.get("/v1/models", response_model=list[ModelInfo], responses=errors, summary="Models served")
@@ -376,4 +378,5 @@ def create_app(config: ServerConfig | None = None, models: dict[str, Any] | None
                                {name: w.alive for name, w in state.workers.items()}, state.started)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
+    add_long_routes(app, state, get_job, queue_full, errors)  # POST /v1/long, GET /v1/jobs/{id}/stream
     return app

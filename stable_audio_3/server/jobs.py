@@ -26,6 +26,10 @@ from .storage import is_disk_full, stale_temp_files, write_file
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# An int seed shared by a batch seeds torch's global generators; workers of other models (threads of this
+# process) must not draw from them meanwhile. Per-item seeds use their own generators and need no lock.
+SHARED_GENERATOR = threading.Lock()
+STREAM_FILE = "stream.pcm"  # a running long-form job's audio so far (server/longform.py); gone once it ends
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -419,7 +423,7 @@ class JobStore:
         if not keep_outputs:
             shutil.rmtree(folder, ignore_errors=True)
             return
-        for path in folder.glob("input_*"):
+        for path in [*folder.glob("input_*"), folder / STREAM_FILE]:
             path.unlink(missing_ok=True)
 
     def clean_up(self, older_than_s: float | None) -> tuple[int, int]:

@@ -110,7 +110,7 @@ def resolve_request(req, model: ModelLimits, max_items: int, max_total_seconds: 
         values["lora_configs"] = [c.model_dump() for c in values["lora_configs"]]
     request = GenerationRequest(**values, **uploads)
     try:
-        request.verify()
+        request = request.verify().recommended(model.defaults)  # inpainting: the model's paste-back unless set
         n = request.implied_batch_size()
     except OptionError as e:
         raise refusal(e) from None

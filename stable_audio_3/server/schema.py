@@ -259,6 +259,9 @@ class JobInfo(BaseModel):
     request: dict
     warnings: list[str] = Field([], description="things the model will not follow, e.g. prompt words outside a "
                                                 "closed vocabulary (the demo's), with the nearest known ones")
+    long_form: dict | None = Field(None, description="a long-form job (POST /v1/long): its plan (each window's "
+                                   "seed, prompt and span), the window being sampled, the seconds of audio final "
+                                   "so far, and its stream_url")
 
 
 class JobCreated(BaseModel):

@@ -63,6 +63,22 @@ def encode_audio(audio, sample_rate: int, suffix: str, metadata: dict[str, str] 
     return buf.getvalue()
 
 
+def download_name(job, index: int, fmt: str) -> str:
+    """The file name a download of output `index` of `job` gets (Content-Disposition): the prompt, CFG, seed
+    and a digest of the model and every setting, so two jobs' files are named alike only when made alike
+    (`output.download_name`); `<job id>_<index>` when the job's settings do not say (a long-form piece)."""
+    from ..output import download_name as name_of
+
+    params = job.params or {}
+    prompts, seeds = params.get("prompt"), job.seeds or []
+    if not isinstance(prompts, list) or index >= len(prompts) or index >= len(seeds) or \
+            not isinstance(params.get("cfg_scale"), (int, float)):
+        return f"{job.id}_{index}.{fmt}"
+    many = len(job.outputs) > 1
+    return name_of(prompts[index], params["cfg_scale"], seeds[index], {"model": job.model, **params}, f".{fmt}",
+                   index if many else None)
+
+
 def write_file(folder: Path, name: str, data: bytes) -> Path:
     """Write `data` to folder/name through a temporary name in the same folder, then rename. The folder must
     exist (FileNotFoundError otherwise: it was deleted meanwhile); on any failure nothing is left behind."""

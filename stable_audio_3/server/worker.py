@@ -16,8 +16,9 @@ import time
 
 from .. import GenerationCancelled
 from ..audio import read_audio
-from ..output import file_metadata, item_audio
-from .jobs import CANCELLED, COMPLETED, FAILED, Job, JobStore, worker_identity
+from ..output import audio_digests, file_metadata, file_record, item_audio
+from .jobs import CANCELLED, COMPLETED, FAILED, SHARED_GENERATOR, Job, JobStore, worker_identity
+from .longform import is_long, run_long, write_long
 from .metrics import Metrics
 from .resolve import batch_request
 from .settings import ServerConfig
@@ -27,9 +28,6 @@ log = logging.getLogger("stable_audio_3.server")
 
 MAINTENANCE_EVERY_S = 30.0
 STALE_FILES_AFTER_S = 600.0  # a temporary file or a folder without a job this old is left over from a crash
-# An int seed shared by a batch seeds torch's global generators; workers of other models (threads of this
-# process) must not draw from them meanwhile. Per-item seeds use their own generators and need no lock.
-SHARED_GENERATOR = threading.Lock()
 
 
 class Worker:
@@ -185,17 +183,20 @@ class Worker:
         log.info("worker %s: batch of %d jobs, %d items (%s)", self.name, len(jobs), items, ", ".join(ids))
         try:
             self._apply_loras(p.get("loras") or [])
-            inputs = {}
-            for role, filename in first.inputs.items():  # uploads were decoded and re-encoded by the server
-                audio, sr = read_audio(self.store.file_path(first.id, filename))
-                inputs[role] = (sr, audio)
-            request = batch_request([(j.params, j.seeds) for j in jobs], noise_device=self.config.noise_device,
-                                    **inputs)
-            if isinstance(request.seed, list):
-                result = self.model.run(request, callback=on_step)
+            if is_long(p):  # a long-form piece: window by window, streamed into the job's folder (longform.py)
+                result = run_long(self, first, on_step)
             else:
-                with SHARED_GENERATOR:
+                inputs = {}
+                for role, filename in first.inputs.items():  # uploads were decoded and re-encoded by the server
+                    audio, sr = read_audio(self.store.file_path(first.id, filename))
+                    inputs[role] = (sr, audio)
+                request = batch_request([(j.params, j.seeds) for j in jobs], noise_device=self.config.noise_device,
+                                        **inputs)
+                if isinstance(request.seed, list):
                     result = self.model.run(request, callback=on_step)
+                else:
+                    with SHARED_GENERATOR:
+                        result = self.model.run(request, callback=on_step)
         except GenerationCancelled:
             if self._stop.is_set() and not state["timed_out"]:
                 self.store.requeue(jobs)
@@ -230,7 +231,7 @@ class Worker:
                 self._end([job], CANCELLED, None)
                 continue
             try:
-                outputs = self._write(job, result, indices)
+                outputs = self._write(job, result, indices, alone=len(jobs) == 1)
             except Exception as e:
                 if is_disk_full(e):
                     log.error("worker %s: writing job %s failed: %s", self.name, job.id, e)
@@ -248,16 +249,26 @@ class Worker:
                 self.store.remove_files(job.id, keep_outputs=True)
                 self.metrics.inc("sa3_jobs_finished_total", model=self.name, status=COMPLETED)
 
-    def _write(self, job: Job, result, indices: range) -> list[str]:
+    def _write(self, job: Job, result, indices: range, alone: bool = True) -> list[str]:
         """The job's items of a batch result, each cut to its duration, as 32-bit float WAVs holding exactly the
         generated samples (peaks above 0 dBFS too, when the job asked for clamp=false), with the metadata that
-        reproduces them; other formats are made from these on request."""
+        reproduces them: the job's own request (not the batch's, which holds other jobs' prompts), its seeds,
+        the model, LoRAs and load options (`output.file_record`); other formats are made from these on request."""
+        if is_long(job.params):
+            return write_long(self, job, result)
         loras = [(x["name"], float(x["strength"])) for x in job.params.get("loras") or []]
+        own, seeds, first = result.request, result.seeds, indices.start
+        if not alone:  # batched with other jobs (which have no audio inputs): this job's items alone
+            own = batch_request([(job.params, job.seeds)], noise_device=self.config.noise_device).resolve(
+                self.model.defaults)
+            seeds, first = list(job.seeds), 0
+        digests, load = audio_digests(own), self.model.load_options
         outputs = []
         for i, index in enumerate(indices):
             name = f"output_{i}.wav"
             audio = item_audio(result.audio, result.request, index, result.sample_rate)
-            metadata = file_metadata(result.request, result.seeds, index, self.name, loras)
+            record = file_record(own, seeds, index - indices.start + first, self.name, loras, load, digests)
+            metadata = file_metadata(own, seeds, index - indices.start + first, self.name, loras, ".wav", record)
             data = encode_audio(audio, result.sample_rate, ".wav", metadata, bit_depth=32, clamp=False)
             self.store.write(job.id, name, data, create=True)
             outputs.append(name)

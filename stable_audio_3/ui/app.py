@@ -21,7 +21,8 @@ from ..loading import DEMO_MODEL, DIFFUSION_MODELS
 from ..loading.configs import bundled_loras, local_model_folder
 from ..request import FIELDS, LoadOptions, OptionError
 from .controls import REGION_FIELDS, Control, make_control, specs, updates_for
-from .generation import FORMATS, MAX_PLAYERS, ModelHolder, Stopped, generate, inpaint_advice, page_errors
+from .generation import FORMATS, MAX_PLAYERS, ModelHolder, Stopped, generate, inpaint_advice, page_errors, refused
+from .longform import long_form_page
 
 log = logging.getLogger("stable_audio_3.ui")
 
@@ -49,12 +50,6 @@ def read_values(controls: dict[str, Control], data: dict) -> dict[str, Any]:
     for control in {id(c): c for c in controls.values()}.values():
         values.update(control.read(*(data[c] for c in control.components)))
     return values
-
-
-def refused(where: str, message: str) -> str:
-    """One log line for a person's mistake (no traceback); the text the page shows."""
-    log.info("%s: %s", where, message)
-    return f"⚠️ {message}"
 
 
 def mode_text(init_audio, inpaint_audio, continuation: bool, paste_back: bool) -> str:
@@ -289,6 +284,7 @@ def build_app(
             trigger(lambda: "", None, message, queue=False, show_progress="hidden", api_name=False).then(
                 run, inputs, outputs, api_name=api_name, **busy)
         stop_button.click(holder.stop.set, queue=False, api_name="stop")
+    long_form_page(app, holder, out_dir)  # its own page: a prompt schedule, a player that starts at once
     app.out_dir = out_dir
     app.controls = controls
     app.holder = holder

@@ -4,6 +4,7 @@ values, the run (which Stop can end at the next sampling step) and the files wri
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import tempfile
 import threading
@@ -18,11 +19,12 @@ import gradio as gr
 from .. import output
 from ..audio import read_audio
 from ..loading import DEMO_MODEL, ModelLoadError
-from ..loading.configs import demo_folder, local_model_folder
-from ..request import FIELDS, GenerationRequest, LoadOptions, OptionError
+from ..loading.configs import demo_folder, local_model_folder, packaged_config, read_config
+from ..request import FIELDS, GenerationRequest, LoadOptions, ModelDefaults, OptionError
 from .controls import label_of
 from .spectrogram import spectrogram_image
 
+log = logging.getLogger("stable_audio_3.ui")
 MAX_PLAYERS = 4  # items shown with a player and a spectrogram; every item is in Downloads
 FORMATS = {
     "wav": (".wav", None),
@@ -51,6 +53,12 @@ def page_errors() -> Iterator[None]:
         raise gr.Error(str(e)) from e
 
 
+def refused(where: str, message: str) -> str:
+    """One log line for a person's mistake (no traceback); the text the page shows."""
+    log.info("%s: %s", where, message)
+    return f"⚠️ {message}"
+
+
 def parse_strengths(text: str) -> list[float]:
     """The LoRA strengths box: numbers separated by commas or spaces; empty is 1.0."""
     try:
@@ -59,9 +67,7 @@ def parse_strengths(text: str) -> list[float]:
         raise gr.Error(f"LoRA strengths: {text!r} is not a list of numbers (example: 1.0, 0.5)") from None
 
 
-def condense(text: str, limit: int = 80) -> str:
-    """A prompt as a file-name part: no path separators or shell-hostile characters."""
-    return re.sub(r"[^\w.,+-]+", "_", text).strip("_.")[:limit] or "output"
+condense = output.condense  # a prompt as a file-name part
 
 
 def check_upload(path: str, field: str) -> str:
@@ -86,9 +92,25 @@ def is_demo(name: str | None) -> bool:
     return folder is not None and folder.resolve() == demo_folder().resolve()
 
 
+def recommends_paste_back(name: str | None) -> bool:
+    """Whether model `name`'s config recommends paste-back for inpainting and continuation
+    (`default_inpaint_paste_back`, read into `ModelDefaults`; the demo's does); False when unknown."""
+    if not name:
+        return False
+    folder = local_model_folder(name)
+    try:
+        if folder is not None:
+            config = read_config(folder / "model_config.json")
+        else:
+            config = packaged_config(name)
+        return ModelDefaults.from_config(config).inpaint_paste_back
+    except (ModelLoadError, OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def inpaint_advice(name: str | None) -> tuple[bool, str]:
     """(paste back on?, the note the page shows) for inpainting and continuation with model `name`."""
-    if is_demo(name):
+    if recommends_paste_back(name):
         return True, ("**Paste back** starts on for this model: its model card recommends it for inpainting "
                       "and continuation (at its CFG 4 the kept audio otherwise drifts, to about 14 dB SNR). "
                       "Or turn it off and use 8 steps, CFG 1.")
@@ -197,24 +219,30 @@ def generate(holder: ModelHolder, out_dir: Path, values: dict[str, Any], progres
         try:
             with page_errors():
                 # Files are peak-limited with one gain (output.save_item), never clipped: run unclamped.
+                request = request.recommended(model.defaults)  # inpainting: the model's paste-back unless set
                 result = model.run(request.replace(clamp=False), on_step)
         except GenerationCancelled:
             raise Stopped(f"Stopped after step {reached[0]} of {reached[1]}; the previous results are kept.") \
                 from None
         elapsed = time.perf_counter() - started
-        model_name = holder.name
+        model_name, load = holder.name, model.load_options
 
-    resolved, seeds, sr = result.request, result.seeds, result.sample_rate
+    resolved, seeds, sr = result.request.replace(clamp=request.clamp), result.seeds, result.sample_rate
     named = [(Path(f).name, level) for f, level in zip(loras, levels, strict=True)]
+    digests = output.audio_digests(resolved)
     paths, images, notes = [], [], []
     for i in range(resolved.batch_size):
         prompt = resolved.prompt[i]
-        base = {"verbose": f"{condense(prompt)}.cfg{resolved.cfg_scale:g}.seed{output.item_seed(seeds, i)}",
-                "prompt": condense(prompt), "output": "output"}[naming]
-        name = f"{base}_{i}{suffix}" if resolved.batch_size > 1 else f"{base}{suffix}"
+        record = output.file_record(resolved, seeds, i, model_name, named, load, digests)
+        index = i if resolved.batch_size > 1 else None
+        if naming == "verbose":  # differs whenever any setting differs (a digest of the record)
+            name = output.download_name(prompt, resolved.cfg_scale, output.item_seed(seeds, i), record, suffix, index)
+        else:
+            base = condense(prompt) if naming == "prompt" else "output"
+            name = f"{base}{'' if index is None else f'_{index}'}{suffix}"
         folder = Path(tempfile.mkdtemp(dir=out_dir))  # one folder per file: equal names never collide
         audio = output.item_audio(result.audio, resolved, i, sr).cpu()
-        meta = output.file_metadata(resolved, seeds, i, model_name, named)
+        meta = output.file_metadata(resolved, seeds, i, model_name, named, suffix, record)
         wav_bits = 16 if request.clamp else 32  # only a float WAV holds samples beyond [-1, 1]
         path, gain_db = output.save_item(folder / name, audio, sr, meta, bit_depth=wav_bits if suffix == ".wav"
                                          else None, mp3_bitrate=mp3_bitrate, clamp=request.clamp or suffix != ".wav")
@@ -228,6 +256,8 @@ def generate(holder: ModelHolder, out_dir: Path, values: dict[str, Any], progres
         seed_text = f"seed {item_seeds[0]} (one generator for the batch)"
     else:
         seed_text = ("seed " if len(item_seeds) == 1 else "seeds ") + ", ".join(map(str, item_seeds))
+    if resolved.inpaint_audio is not None:
+        notes.insert(0, f"Paste-back {'on' if resolved.inpaint_paste_back else 'off'}")
     status = (f"Generated {resolved.batch_size} x {resolved.duration[0]:.2f} s in {elapsed:.1f} s, {seed_text}."
               + "".join(f" {n}." for n in notes))
     return PageResult(paths, images, item_seeds, status)

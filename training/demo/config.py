@@ -68,9 +68,14 @@ def model_config() -> dict:
         "sample_rate": SAMPLE_RATE,
         "sample_size": SAMPLE_SIZE,
         "default_duration": DEFAULT_SECONDS,
-        # What the CLI, UI and server use when no steps / cfg are given (generate() keeps 8 and 1).
+        # What every surface uses when no steps / cfg are given.
         "default_steps": 32,
         "default_cfg_scale": 4.0,
+        # The card's advice for inpainting and continuation: paste-back on (CLI, page and server; the
+        # Python API keeps the reference's "off"), and 8 steps at cfg 1 for long-form continuation.
+        "default_inpaint_paste_back": True,
+        "default_continuation_steps": 8,
+        "default_continuation_cfg_scale": 1.0,
         "audio_channels": 2,
         "model": {
             "io_channels": LATENT_DIM,
