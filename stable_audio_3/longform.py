@@ -165,6 +165,7 @@ class LongFormRequest:
             raise OptionError("sample_size", r.sample_size, "", f"the model's windows would be {max_frames} latents; "
                               f"at least {2 * align} are needed for long-form")
         frame_s = ratio / sr
+        check_lengths(self, max_frames * frame_s)  # before any of them is turned into frames
         if self.window_seconds is None:
             window = min(max_frames, int(DEFAULT_WINDOW_CAP / frame_s) // align * align)
         else:
@@ -475,8 +476,9 @@ def check_lengths(long: LongFormRequest, max_seconds: float) -> None:
     for name in ("window_seconds", "overlap_seconds", "margin_seconds"):
         value = getattr(long, name)
         if value is not None and is_number(value) and value > max_seconds:
-            raise OptionError(name, value, "", f"{name}={value:g} is too long; this model's windows are at most "
+            raise OptionError(name, value, "", f"{name}={value:g} is too long; this model allows at most "
                               f"{max_seconds:.2f} seconds")
+
 
 def piece_metadata(plan: LongPlan, model: str, loras: Sequence[tuple[str, float]] = ()) -> dict[str, str]:
     """A piece's file metadata: title = its prompts with their start times; comment = the settings that
@@ -489,6 +491,7 @@ def piece_metadata(plan: LongPlan, model: str, loras: Sequence[tuple[str, float]
                f"steps={r.steps} cfg_scale={r.cfg_scale:g} sampler={r.sampler_type}"
                + "".join(f" lora={name}@{strength:g}" for name, strength in loras))
     return {"title": prompts, "comment": comment, "software": f"stable-audio-3 {__version__}"}
+
 
 def long_request(prompt: str | None = None, duration: float | None = None, *,
                  schedule: Sequence[tuple[float, str]] | None = None, window_seconds: float | None = None,

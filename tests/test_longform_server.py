@@ -216,9 +216,9 @@ def test_cancelling_a_running_job_ends_its_stream(client):
     ({"schedule": [[0, "a", "b"]], "duration": 20}, "schedule[0]", "schedule[0]: Tuple should have at most 2 items "
      "after validation, not 3"),
     ({"prompt": "sine wave a4", "duration": 20, "window_seconds": 100}, "window_seconds",
-     "window_seconds=100 is too long; this model's windows are at most 6.13 seconds"),
+     "window_seconds=100 is too long; this model allows at most 6.13 seconds"),
     ({"prompt": "sine wave a4", "duration": 20, "margin_seconds": 1e308}, "margin_seconds",
-     "margin_seconds=1e+308 is too long; this model's windows are at most 6.13 seconds"),
+     "margin_seconds=1e+308 is too long; this model allows at most 6.13 seconds"),
     ({"prompt": "sine wave a4", "duration": 20, "crossfade_seconds": 30}, "crossfade_seconds",
      "crossfade_seconds=30 is longer than the overlap and the hop allow (1.39 s)"),
     ({"prompt": "sine wave a4", "duration": 20, "overlap_seconds": 5.6}, "overlap_seconds",

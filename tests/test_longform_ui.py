@@ -112,7 +112,7 @@ def test_a_run_yields_each_stretch_before_the_next_window_and_writes_the_same_sa
 def test_stop_ends_a_run_and_a_window_too_long_is_refused_before_sampling(holder, tmp_path):
     with pytest.raises(gr.Error) as e:
         next(make_piece(holder, tmp_path, {"schedule": "a", "duration": 20, "window_seconds": 100, **FAST}))
-    assert e.value.message == "Window (s)=100 is too long; this model's windows are at most 6.13 seconds"
+    assert e.value.message == "Window (s)=100 is too long; this model allows at most 6.13 seconds"
     run = make_piece(holder, tmp_path, {"schedule": "sine wave a4", "duration": 20, "seed": "1", "steps": 200,
                                         "cfg_scale": 1.0})
     first = next(run)

@@ -71,7 +71,7 @@ KIND_WIDGETS = {"text": "text", "choice": "dropdown", "bool": "checkbox", "audio
 SLIDER_STEPS = {"duration": 0.1, "cfg_scale": 0.1, "duration_padding_sec": 0.5}  # integers step by 1, others 0.01
 ELEM_IDS = {"duration": "seconds", "inpaint_mask_start_seconds": "regions", "inpaint_mask_end_seconds": "regions"}
 # What the page shows for a field whose default is None, when None resolves to one fixed value.
-SHOWN_DEFAULTS = {"batch_size": 1, "init_noise_level": A2A_DEFAULT_NOISE_LEVEL, "inpaint_paste_back": False}
+SHOWN_DEFAULTS = {"batch_size": 1, "init_noise_level": A2A_DEFAULT_NOISE_LEVEL}
 TRISTATE = {"model config": None, "on": True, "off": False}
 SHIFT_PARAMS = {  # the reference UI's defaults for each sampling schedule shift
     "logsnr": "anchor_length=2000, anchor_logsnr=-6.2, rate=0.0, logsnr_end=2.0",
