@@ -230,6 +230,17 @@ def read_audio(source: str | os.PathLike | BinaryIO, max_values: int = MAX_INPUT
     return audio, sr
 
 
+SFC_SET_ADD_PEAK_CHUNK = 0x1050  # libsndfile's command number
+
+
+def without_peak_chunk(f) -> None:
+    """No PEAK chunk in a float WAV: libsndfile stamps it with the time of writing, so two identical
+    generations would differ in a few bytes. (Call before the first write; other formats ignore it.)"""
+    import soundfile as sf
+
+    sf._snd.sf_command(f._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
+
+
 def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE,
                 subtype: str | None = None, metadata: dict[str, str] | None = None,
                 compression_level: float | None = None, bitrate_mode: str | None = None,
@@ -260,6 +271,7 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
             extra["bitrate_mode"] = bitrate_mode
         with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=data.shape[1], format=fmt,
                           subtype=subtype, **extra) as f:
+            without_peak_chunk(f)
             for key, value in (metadata or {}).items():
                 try:
                     setattr(f, key, str(value))

@@ -44,6 +44,7 @@ def encode_audio(audio, sample_rate: int, suffix: str, metadata: dict[str, str] 
     options and peak ceiling (one gain, never clipping; `clamp=False` keeps the samples as they are)."""
     import soundfile as sf
 
+    from ..audio import without_peak_chunk
     from ..output import PEAK_CEILING_DB, codec_options, limit_peak
 
     if clamp:
@@ -54,6 +55,7 @@ def encode_audio(audio, sample_rate: int, suffix: str, metadata: dict[str, str] 
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", samplerate=sample_rate, channels=data.shape[1], format=suffix[1:].upper(),
                       **options) as f:
+        without_peak_chunk(f)
         for key, value in (metadata or {}).items():
             try:
                 setattr(f, key, str(value))
