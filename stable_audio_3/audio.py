@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -286,3 +287,27 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+UNKNOWN_LENGTH = 0xFFFFFFFF  # RIFF and data sizes of a stream: "as long as it goes"
+
+
+def wav_header(sample_rate: int, channels: int, bit_depth: int) -> bytes:
+    """A WAV header for a stream of unknown length: PCM (16, 24 bit) or IEEE float (32 bit)."""
+    fmt_tag = 3 if bit_depth == 32 else 1
+    block = channels * bit_depth // 8
+    fmt = struct.pack("<HHIIHH", fmt_tag, channels, sample_rate, sample_rate * block, block, bit_depth)
+    return (b"RIFF" + struct.pack("<I", UNKNOWN_LENGTH) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"data" + struct.pack("<I", UNKNOWN_LENGTH))
+
+
+def pcm_bytes(audio, bit_depth: int) -> bytes:
+    """(C, T) float audio -> interleaved little-endian samples (16 / 24-bit integers, or 32-bit float)."""
+    x = np.ascontiguousarray(audio.detach().float().cpu().numpy().T)  # (T, C), interleaved
+    if bit_depth == 32:
+        return np.ascontiguousarray(x, dtype="<f4").tobytes()
+    scale = 2 ** (bit_depth - 1) - 1
+    ints = np.round(np.clip(x, -1, 1) * scale).astype("<i4")
+    if bit_depth == 16:
+        return ints.astype("<i2").tobytes()
+    return ints.view(np.uint8).reshape(*ints.shape, 4)[..., :3].tobytes()  # the low three bytes of each

@@ -17,12 +17,12 @@ import argparse
 import logging
 import os
 import re
-import struct
 import sys
 from pathlib import Path
 from typing import BinaryIO
 
 from . import output
+from .audio import pcm_bytes, wav_header
 from .cli_args import PROG, Number, json_text
 from .longform import LONG_FIELDS, NOT_FOR_LONG_FORM, LongFormRequest
 from .request import (
@@ -47,7 +47,6 @@ ALIASES = {"sampler_type": "--sampler", "duration_padding_sec": "--duration-padd
 NOT_FLAGS = {"duration", "batch_size", "init_noise_level", *NOT_FOR_LONG_FORM, *PYTHON_ONLY, *SINGLE}
 STREAM_BIT_DEPTHS = (16, 24, 32)
 DEFAULT_STREAM_BIT_DEPTH = 16
-UNKNOWN_LENGTH = 0xFFFFFFFF  # RIFF and data sizes of a stream: "as long as it goes"
 CLAMP_HELP = ("clamp every sample to [-1, 1], a fixed 0 dBFS ceiling (no peak gain, so a stream and a file hold the "
               "same samples); --no-clamp keeps them (32-bit float WAV only)")
 
@@ -221,29 +220,6 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Lo
     except OptionError as e:
         p.error(describe_long(e))
     return long, load, loras
-
-
-def wav_header(sample_rate: int, channels: int, bit_depth: int) -> bytes:
-    """A WAV header for a stream of unknown length: PCM (16, 24 bit) or IEEE float (32 bit)."""
-    fmt_tag = 3 if bit_depth == 32 else 1
-    block = channels * bit_depth // 8
-    fmt = struct.pack("<HHIIHH", fmt_tag, channels, sample_rate, sample_rate * block, block, bit_depth)
-    return (b"RIFF" + struct.pack("<I", UNKNOWN_LENGTH) + b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-            + b"data" + struct.pack("<I", UNKNOWN_LENGTH))
-
-
-def pcm_bytes(audio, bit_depth: int) -> bytes:
-    """(C, T) float audio -> interleaved little-endian samples (16 / 24-bit integers, or 32-bit float)."""
-    import numpy as np
-
-    x = np.ascontiguousarray(audio.detach().float().cpu().numpy().T)  # (T, C), interleaved
-    if bit_depth == 32:
-        return np.ascontiguousarray(x, dtype="<f4").tobytes()
-    scale = 2 ** (bit_depth - 1) - 1
-    ints = np.round(np.clip(x, -1, 1) * scale).astype("<i4")
-    if bit_depth == 16:
-        return ints.astype("<i2").tobytes()
-    return ints.view(np.uint8).reshape(*ints.shape, 4)[..., :3].tobytes()  # the low three bytes of each
 
 
 def write_all(stream: BinaryIO, data: bytes) -> None:

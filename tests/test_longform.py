@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.bench_longform import A4, E5, TOLERANCE, continuity_scores, schedule_scores, seam_scores
 from stable_audio_3 import StableAudioModel
-from stable_audio_3.audio import read_audio
+from stable_audio_3.audio import pcm_bytes, read_audio, wav_header
 from stable_audio_3.longform import (
     DEFAULT_MAX_DURATION,
     LongFormRequest,
@@ -30,7 +30,6 @@ from stable_audio_3.longform import (
     stream_long,
 )
 from stable_audio_3.longform_cli import main as long_main
-from stable_audio_3.longform_cli import pcm_bytes, wav_header
 from stable_audio_3.request import GenerationRequest, ModelDefaults, OptionError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -29,6 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from ..audio import pcm_bytes, wav_header
 from ..longform import (
     DEFAULT_CROSSFADE,
     DEFAULT_MAX_DURATION,
@@ -41,7 +42,6 @@ from ..longform import (
     model_plan,
     stream_plan,
 )
-from ..longform_cli import pcm_bytes, wav_header
 from ..request import FIELDS, GenerationRequest, OptionError
 from .jobs import COMPLETED, FINISHED, QUEUED, RUNNING, SHARED_GENERATOR, STREAM_FILE, Job, JobStore, new_job_id
 from .resolve import _check_server_options, check_dist_shift
