@@ -13,12 +13,10 @@ runs with the same ones.
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 from dataclasses import dataclass
 
-from ..request import PER_ITEM, GenerationRequest, ModelDefaults, OptionError
+from ..request import PER_ITEM, GenerationRequest, ModelDefaults, OptionError, check_shift_options
 from .schema import JSON_FIELDS, RequestError
 
 
@@ -43,30 +41,23 @@ def refusal(err: OptionError) -> RequestError:
 
 
 def check_dist_shift(value: dict | None, max_latents: int) -> None:
-    """Refuse with a 422 naming `dist_shift` anything but what `shift_from_options` takes: a known type, only
-    that type's options, numbers (booleans where the option is one), and a finite schedule."""
+    """Refuse with a 422 naming `dist_shift` anything but what `shift_from_options` takes (the request's
+    checks, then the type's own option names), and options whose schedule is not finite at any length the
+    model can generate (the plan checks only the request's length, and it runs in the worker)."""
     if value is None:
         return
     import torch
 
-    from ..sampling import SHIFT_TYPES, shift_from_options
+    from ..sampling import shift_from_options
 
-    if not isinstance(value.get("type", "full"), str):
-        raise RequestError(422, "dist_shift", f"dist_shift.type={value['type']!r} is invalid; a type name is required")
-    try:
+    try:  # the request type's own checks: a known type, numbers (booleans where the option is one)
+        check_shift_options(value)
+    except OptionError as e:
+        raise refusal(e) from None
+    try:  # and only that type's options
         shift = shift_from_options(value)
     except ValueError as e:
         raise RequestError(422, "dist_shift", f"dist_shift: {e}") from None
-    options = inspect.signature(SHIFT_TYPES[value.get("type", "full")]).parameters
-    for key, v in value.items():
-        if key == "type":
-            continue
-        if isinstance(options[key].default, bool):
-            ok, kind = isinstance(v, bool), "true or false"
-        else:
-            ok, kind = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a finite number"
-        if not ok:
-            raise RequestError(422, "dist_shift", f"dist_shift.{key}={v!r} is invalid; {kind} is required")
     lengths = torch.tensor([1.0, 2.0, 16.0, 256.0, 2048.0, float(max(1, max_latents))])
     try:
         schedule = shift.shift(torch.linspace(1, 0, 33), lengths)
