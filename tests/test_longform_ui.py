@@ -177,7 +177,10 @@ def test_the_long_form_page_plays_while_the_piece_is_still_being_made(page_url):
         assert page.locator("#long-steps input").input_value() == "8"  # the demo card's continuation advice
         assert page.locator("#long-cfg input").input_value() == "1"
         page.locator("#long-schedule textarea").fill("0: sine wave a4\n30: sine wave e5")
-        for selector, value in (("#long-duration input", "60"), ("#long-seed textarea", "3")):
+        # 32 steps a window (not the demo's 8): the piece takes long enough that the player starts well
+        # before it is done, however fast the machine
+        for selector, value in (("#long-duration input", "60"), ("#long-seed textarea", "3"),
+                                ("#long-steps input", "32")):
             page.locator(selector).fill(value)
             page.locator(selector).press("Tab")
         page.wait_for_timeout(300)  # let Gradio take in the typed values

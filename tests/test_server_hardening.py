@@ -356,7 +356,7 @@ def test_two_plain_servers_on_one_folder_are_refused_and_replicas_share_the_queu
     try:
         up(a, port_a)
         long = httpx.post(f"http://127.0.0.1:{port_a}/v1/generate",
-                          json={"prompt": "x", "duration": 4.0, "steps": 1000}).json()["id"]
+                          json={"prompt": "x", "duration": 20.0, "steps": 1000}).json()["id"]
         # a second plain server would requeue (and run again) the job the first one is running: refused
         for extra in ((), ("--replica",)):
             b = start_process(data, port_b, *extra)
@@ -365,7 +365,8 @@ def test_two_plain_servers_on_one_folder_are_refused_and_replicas_share_the_queu
             assert b.returncode == 1 and len(lines) == 1, out.decode()
             assert lines[0].startswith(f"stable-audio serve: error: --data-dir {data} is in use by "), lines
         info = httpx.get(f"http://127.0.0.1:{port_a}/v1/jobs/{long}").json()
-        assert info["status"] == "running" and info["attempts"] == 1
+        # never requeued by the refused servers: one attempt (it may have finished meanwhile on a fast machine)
+        assert info["status"] in ("running", "completed") and info["attempts"] == 1, info
         httpx.delete(f"http://127.0.0.1:{port_a}/v1/jobs/{long}")
     finally:
         stop(a)
