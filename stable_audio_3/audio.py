@@ -242,6 +242,22 @@ def without_peak_chunk(f) -> None:
     sf._snd.sf_command(f._file, SFC_SET_ADD_PEAK_CHUNK, sf._ffi.NULL, 0)
 
 
+def encode_to(target, data: np.ndarray, sample_rate: int, fmt: str, metadata: dict[str, str] | None = None,
+              **options) -> None:
+    """Write (T, C) samples to a path or file object in `fmt` (WAV, FLAC, OGG, MP3) with its metadata
+    fields (those the format keeps) and no time-stamped PEAK chunk; `options` go to libsndfile."""
+    import soundfile as sf
+
+    with sf.SoundFile(target, "w", samplerate=sample_rate, channels=data.shape[1], format=fmt, **options) as f:
+        without_peak_chunk(f)
+        for key, value in (metadata or {}).items():
+            try:
+                setattr(f, key, str(value))
+            except Exception:  # not every format stores every field
+                pass
+        f.write(data)
+
+
 def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int = SAMPLE_RATE,
                 subtype: str | None = None, metadata: dict[str, str] | None = None,
                 compression_level: float | None = None, bitrate_mode: str | None = None,
@@ -253,7 +269,6 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
     `compression_level` (0..1) and `bitrate_mode` ('CONSTANT', 'VARIABLE', 'AVERAGE') reach libsndfile
     for compressed formats (MP3: level 0 -> 320 kbps ... 1 -> 32 kbps).
     """
-    import soundfile as sf
 
     path = Path(path)
     fmt = path.suffix.lstrip(".").upper()
@@ -270,15 +285,7 @@ def write_audio(path: str | os.PathLike, audio: torch.Tensor, sample_rate: int =
             extra["compression_level"] = compression_level
         if bitrate_mode is not None:
             extra["bitrate_mode"] = bitrate_mode
-        with sf.SoundFile(tmp, "w", samplerate=sample_rate, channels=data.shape[1], format=fmt,
-                          subtype=subtype, **extra) as f:
-            without_peak_chunk(f)
-            for key, value in (metadata or {}).items():
-                try:
-                    setattr(f, key, str(value))
-                except Exception:  # not every format stores every field
-                    pass
-            f.write(data)
+        encode_to(tmp, data, sample_rate, fmt, metadata, subtype=subtype, **extra)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600; give the file the usual permissions

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import output
-from .cli_args import PROG, Number, json_text
+from .cli_args import PROG, Number, json_text, lora_checks
 from .cli_args import writable as _writable
 from .request import (
     DEFAULT_LIMITS,
@@ -270,49 +270,6 @@ def request_from_args(args: argparse.Namespace) -> GenerationRequest:
     return GenerationRequest(**values)
 
 
-def _tier_of(args: argparse.Namespace):
-    """The precision tier --precision names ("auto": the one this machine would load)."""
-    from .loading import resolve_device
-    from .precision import TIERS, resolve_precision
-
-    return TIERS[resolve_precision(args.precision, resolve_device(args.device))]
-
-
-def _lora_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, float]]:
-    """LoRA names or files and their strengths, paired: [(name, strength), ...] in load order."""
-    paths, strengths, indices = args.lora_ckpt_path or [], args.lora_strength or [], args.lora_index or []
-    if (strengths or indices) and not paths:
-        p.error("--lora-strength/--lora-index need --lora-ckpt-path")
-    if paths and args.precision:
-        try:
-            int8 = _tier_of(args).int8
-        except ValueError as e:
-            p.error(str(e))
-        if int8:
-            p.error(f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no "
-                    "LoRA; on this machine 'auto' is an int8 tier)" if args.precision == "auto" else
-                    f"--precision {args.precision} cannot be combined with --lora-ckpt-path (int8 layers take no LoRA)")
-    shipped: dict[str, Path] = {}
-    if paths:
-        from .loading import bundled_loras, local_model_folder
-
-        shipped = bundled_loras(local_model_folder(args.model))
-    for path in paths:
-        if path not in shipped and not Path(path).is_file():
-            hint = f" (LoRAs shipped with {args.model}: {', '.join(shipped)})" if shipped else ""
-            p.error(f"--lora-ckpt-path: file not found: {path}{hint}")
-    if indices and len(indices) != len(strengths):
-        p.error(f"--lora-index must pair with --lora-strength (got {len(strengths)} strengths, {len(indices)} indices)")
-    if not indices and len(strengths) > 1:
-        p.error("several --lora-strength values need a --lora-index each")
-    levels = [strengths[0] if strengths and not indices else 1.0] * len(paths)
-    for i, strength in zip(indices, strengths, strict=False):
-        if i >= len(paths):
-            p.error(f"--lora-index {i} is out of range: {len(paths)} LoRA file(s) given (indices 0..{len(paths) - 1})")
-        levels[i] = strength
-    return [(path if path in shipped else Path(path).name, s) for path, s in zip(paths, levels, strict=True)]
-
-
 def _output_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """The output path's format against --bit-depth, --mp3-bitrate and --no-clamp; no extension means .wav."""
     out = Path(args.output)
@@ -362,12 +319,12 @@ def check_generate_args(p: argparse.ArgumentParser, args: argparse.Namespace
         from . import reproduce
 
         request, load, loras = reproduce.check_args(p, args, describe, flag)
-        _lora_checks(p, argparse.Namespace(**{**vars(args), "lora_strength": None, "lora_index": None,
+        lora_checks(p, argparse.Namespace(**{**vars(args), "lora_strength": None, "lora_index": None,
                                               "precision": load.precision}))
     else:
         if args.prompt is None:
             p.error("the following arguments are required: -p/--prompt (or --from-metadata FILE)")
-        loras = _lora_checks(p, args)
+        loras = lora_checks(p, args)
         try:
             request = request_from_args(args).verify()
             load = LoadOptions.from_namespace(args)

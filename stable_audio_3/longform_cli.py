@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from . import output
 from .audio import pcm_bytes, wav_header
-from .cli_args import PROG, Number, json_text
+from .cli_args import PROG, Number, json_text, lora_checks
 from .longform import LONG_FIELDS, NOT_FOR_LONG_FORM, LongFormRequest
 from .request import (
     FIELDS,
@@ -150,30 +150,6 @@ def describe_long(err: OptionError) -> str:
         return err.spelled(spelled)
     detail = respell(err.detail)
     return detail if detail.startswith(spelled) else f"{spelled}: {detail}"
-
-
-def lora_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, float]]:
-    """LoRA files or shipped names with their strengths, [(name, strength)] in load order; mistakes exit 2."""
-    paths, strengths, indices = args.lora_ckpt_path or [], args.lora_strength or [], args.lora_index or []
-    if (strengths or indices) and not paths:
-        p.error("--lora-strength/--lora-index need --lora-ckpt-path")
-    shipped: dict = {}
-    if paths:
-        from .loading import bundled_loras, local_model_folder
-
-        shipped = bundled_loras(local_model_folder(args.model))
-    for path in paths:
-        if path not in shipped and not Path(path).is_file():
-            hint = f" (LoRAs shipped with {args.model}: {', '.join(shipped)})" if shipped else ""
-            p.error(f"--lora-ckpt-path: file not found: {path}{hint}")
-    if len(indices) != (len(strengths) if indices else 0) or (not indices and len(strengths) > 1):
-        p.error("--lora-strength: give one for all LoRAs, or one per --lora-index")
-    levels = [strengths[0] if strengths and not indices else 1.0] * len(paths)
-    for i, strength in zip(indices, strengths, strict=True):
-        if i >= len(paths):
-            p.error(f"--lora-index {i} is out of range: {len(paths)} LoRA file(s) given")
-        levels[i] = strength
-    return [(path if path in shipped else Path(path).name, s) for path, s in zip(paths, levels, strict=True)]
 
 
 def output_checks(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

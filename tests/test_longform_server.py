@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ for _package in ("fastapi", "uvicorn", "httpx"):
         pytest.skip(f"{_package} is not installed (pip install -e '.[server,test]')", allow_module_level=True)
 import httpx  # noqa: E402
 import soundfile as sf  # noqa: E402
-import uvicorn  # noqa: E402
+from test_server import live_server  # noqa: E402  (one way to run a live server)
 
 from stable_audio_3 import StableAudioModel  # noqa: E402
 from stable_audio_3.longform import LONG_FIELDS, generate_long  # noqa: E402
@@ -48,27 +45,6 @@ HEADER = 44  # a stream's WAV header: RIFF, fmt (16 bytes), data
 def model() -> StableAudioModel:
     torch.set_num_threads(2)
     return StableAudioModel.from_pretrained(DEMO, device="cpu")
-
-
-@contextmanager
-def live_server(app) -> Iterator[str]:
-    """uvicorn serving `app` on a free 127.0.0.1 port in a thread (lifespan included); yields the base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        end = time.monotonic() + 60
-        while not srv.started:
-            assert thread.is_alive() and time.monotonic() < end, "uvicorn did not start"
-            time.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(60)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

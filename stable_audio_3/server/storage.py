@@ -42,9 +42,7 @@ def encode_audio(audio, sample_rate: int, suffix: str, metadata: dict[str, str] 
                  bit_depth: int | None = None, clamp: bool = True) -> bytes:
     """(C, T) audio -> the bytes of a file in the format of `suffix`, with the shared output module's codec
     options and peak ceiling (one gain, never clipping; `clamp=False` keeps the samples as they are)."""
-    import soundfile as sf
-
-    from ..audio import without_peak_chunk
+    from ..audio import encode_to
     from ..output import PEAK_CEILING_DB, codec_options, limit_peak
 
     if clamp:
@@ -53,15 +51,7 @@ def encode_audio(audio, sample_rate: int, suffix: str, metadata: dict[str, str] 
     data = (data.clamp(-1, 1) if clamp else data).numpy().T
     options = codec_options(suffix, bit_depth)
     buf = io.BytesIO()
-    with sf.SoundFile(buf, "w", samplerate=sample_rate, channels=data.shape[1], format=suffix[1:].upper(),
-                      **options) as f:
-        without_peak_chunk(f)
-        for key, value in (metadata or {}).items():
-            try:
-                setattr(f, key, str(value))
-            except Exception:  # not every format stores every field
-                pass
-        f.write(data)
+    encode_to(buf, data, sample_rate, suffix[1:].upper(), metadata, **options)
     return buf.getvalue()
 
 
