@@ -414,6 +414,9 @@ SIGNAL_DURING_WRITE = textwrap.dedent("""
     import soundfile
     from stable_audio_3 import cli
 
+    # As in a terminal: a job started in the background inherits SIGINT ignored, and Python then
+    # leaves it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     real_write = soundfile.SoundFile.write
 
     def write(self, data):  # the signal arrives while the temporary file is half written
