@@ -38,6 +38,7 @@ SR = 44100
 FAST = dict(steps=8, cfg_scale=1.0)  # the demo card's continuation settings
 SEAM_JUMP_RATIO = 1.0  # largest jump near a seam <= the 99.9th percentile of jumps elsewhere
 SEAM_LEVEL_DB = 3.0
+NOISE_SEEDS = range(3, 9)
 LEVEL_DB = 3.0
 ACCEPTANCE = ["-p", "sine wave a4", "--duration", "20", "--seed", "3"]
 
@@ -209,11 +210,19 @@ def test_tone_seams_continuity_and_pitch(tone):
     assert steady["worst_pitch_error"] <= TOLERANCE, steady
 
 
-def test_noise_colour_keeps_its_level(model):
-    piece = generate_long(model, "pink noise", 20, seed=3, **FAST)
-    scores = continuity_scores(piece.audio, SR)
-    assert scores["worst_level_db"] <= LEVEL_DB, scores
-    assert scores["median_db"] > -30, scores  # noise, not silence
+@pytest.mark.parametrize("colour", ["pink noise", "brown noise"])
+def test_noise_colour_keeps_its_level(model, colour):
+    """Six 20 s pieces per colour (seeds 3-8): at least five with every 1 s stretch within LEVEL_DB
+    of the piece's median, none beyond LEVEL_DB + 1. One seed is no measure of a model's own level
+    wander: the demo shipped before issue 22's retrain passed at seed 3 but failed at seeds 5, 6 and
+    8 (pink: 2.43, 2.55, 3.67, 3.45, 2.24, 3.87 dB)."""
+    worst = []
+    for seed in NOISE_SEEDS:
+        scores = continuity_scores(generate_long(model, colour, 20, seed=seed, **FAST).audio, SR)
+        assert scores["median_db"] > -30, (seed, scores)  # noise, not silence
+        worst.append(round(scores["worst_level_db"], 2))
+    assert sum(w <= LEVEL_DB for w in worst) >= len(NOISE_SEEDS) - 1, worst
+    assert max(worst) <= LEVEL_DB + 1, worst
 
 
 def test_schedule_changes_the_pitch_through_the_api(model):

@@ -78,6 +78,8 @@ def test_describe_unknown_names_the_words_and_the_nearest_known_ones():
         ("1 kHz sine", "b5 sine"),
         ("triangle at 1,000 hertz", "triangle b5"),
         ("sine 1.05 KHZ", "sine c6"),
+        ("a sine tone at 1.5 kHz", "sine tone f#6"),
+        ("square 2 khz", "square b6"),
     ],
 )
 def test_frequencies_become_note_words(demo_tokenizer, prompt, rewritten):
@@ -100,7 +102,7 @@ def test_the_note_chosen_is_the_one_the_model_plays_nearest():
 
 
 def test_frequencies_outside_the_note_range_are_unknown_words():
-    assert vocabulary.unknown_words(DEMO, "a sine tone at 1.5 kHz") == [("1.5 kHz", ["c6"])]
+    assert vocabulary.unknown_words(DEMO, "a sine tone at 3 kHz") == [("3 kHz", ["c7"])]
     assert vocabulary.unknown_words(DEMO, "sine 40 Hz") == [("40 Hz", ["c2"])]
 
 

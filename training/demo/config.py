@@ -31,11 +31,6 @@ PROMPT_SETTINGS = {
         "a", "an", "the", "at", "of", "in", "on", "with", "and", "to", "for", "some", "please", "play", "make",
     ],
 }  # fmt: skip
-# Words trained on but left out of the shipped vocabulary, so that prompts using them warn instead
-# of failing quietly: the drums. Measured on the shipped model (issue 22, `evaluate.drum_scores`):
-# no beat prompt at its tempo (0 of 8) and no audible single hit (0 of 6); the DiT never learned
-# them. They become unknown words; their ids (and the encoder's rows for them) stay unused.
-UNSHIPPED_WORDS = ("kick", "snare", "hihat", "drum", "beat", "bpm", "80", "90", "100", "110", "120", "130", "140")
 # The DiT's size: 6 blocks of 192 channels (3 heads of 64), 4 memory tokens. It must be wider than
 # the latents: at high noise the velocity is mostly the noise itself, in every latent channel.
 DIT = {"embed_dim": 192, "depth": 6, "num_heads": 3, "num_memory_tokens": 4, "ff_mult": 3}
@@ -235,4 +230,15 @@ POLISH = {
     "inpaint_prob": 0.6,
     "kept_weight": 8.0,
     "t_mixture": (0.3, 0.5),
+}
+# Then `polish-noise`: a third session, noise clips drawn 12 times as often, fewer inpainting items,
+# half the polish's learning rate. It steadies the noise colours' level over time (issue 22's retrain:
+# after the polish alone, one 1 s stretch of a 20 s long-form `pink noise` lay 5.5 dB from the
+# piece's median; the long-form bar is 3 dB).
+POLISH_NOISE = {
+    **POLISH,
+    "dit_lr": 2.5e-4,
+    "text_lr": 2.5e-4,
+    "kind_weights": {"tone": 1.5, "silence": 4.0, "noise": 12.0},
+    "inpaint_prob": 0.3,
 }

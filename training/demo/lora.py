@@ -26,12 +26,14 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from . import config as C
-from .data import make_clip
+from .data import NOTE_RANGE, make_clip, midi_to_hz
 from .train import loss_weights, pure_noise_loss, sample_t, window_layout
 
 RANK = 8
 SEED = 4321
 KINDS = {"tone": 0.7, "pluck": 0.1, "chord": 0.2}
+# Transposed clips stay within the base model's range (C7): its autoencoder holds tones up to ~2 kHz.
+TOP_HZ = midi_to_hz(NOTE_RANGE[1]) * 1.01
 
 
 def add_lora(dit: torch.nn.Module, rank: int) -> dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]:
@@ -62,6 +64,8 @@ def build_data(model, clips: int) -> dict:
         for j in range(count):
             frame = C.PATCH_SIZE if rng.random() < C.TRAIN["frame_locked_prob"] else 0
             clip = make_clip(rng, kind=kinds[rng.choice(len(kinds), p=weights)], transpose=12, frame=frame)
+            while (clip.pitch_hz or 0.0) > TOP_HZ:
+                clip = make_clip(rng, kind=clip.kind, transpose=12, frame=frame)
             audio[j, :, : clip.audio.shape[-1]] = torch.from_numpy(clip.audio)
             lengths[first + j] = torch.tensor(window_layout(clip.seconds))
             batch.append({"prompt": clip.prompt, "seconds_total": clip.seconds})

@@ -1,7 +1,8 @@
 """Train the built-in `demo` model from scratch on procedurally generated audio (CPU-friendly).
 
     python -m training.demo.train --out stable_audio_3/assets/demo [--work /tmp/demo_work]
-        [--dit-minutes 40] [--clips 6000] [--threads 2] [--stage all|ae|data|dit|export] [--resume-dit]
+        [--dit-minutes 47] [--clips 6000] [--threads 2] [--stage all|ae|data|dit|polish|polish-noise|export]
+        [--resume-dit]
 
 Stages (each saves to --work, so a stage can be rerun alone):
   ae      the SAME autoencoder fitted in closed form: a PCA of 4096-sample frames (see `fit_autoencoder`);
@@ -10,6 +11,8 @@ Stages (each saves to --work, so a stage can be rerun alone):
           latent layout generate() uses (content + 6 s headroom, capped at the model's sample_size).
   dit     DiT + T5Gemma encoder + conditioners, rectified flow (x_t = (1-t) x0 + t noise, target
           v = noise - x0), padding mask as in generate(), CFG dropout and random inpainting masks.
+  polish, polish-noise
+          two more DiT sessions from the trained weights (config.POLISH, config.POLISH_NOISE).
   export  model_config.json, model.safetensors (official prefixes), the text encoder folder.
 
 Budgets are wall-clock minutes; every random draw is seeded, so the run is reproducible up to the
@@ -70,15 +73,6 @@ def build_tokenizer_files(folder: Path) -> int:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return len(words)
-
-
-def drop_unshipped_words(folder: Path) -> None:
-    """Remove C.UNSHIPPED_WORDS from the exported tokenizer.json; every other word keeps its id."""
-    path = folder / "tokenizer.json"
-    spec = json.loads(path.read_text())
-    vocab = spec["model"]["vocab"]
-    spec["model"]["vocab"] = {w: i for w, i in vocab.items() if w not in C.UNSHIPPED_WORDS}
-    path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
 
 
 def new_text_encoder(vocab_size: int, folder: Path) -> T5GemmaEncoder:
@@ -483,7 +477,6 @@ def export(work: Path, out: Path, log: dict) -> None:
     save_file(
         {f"model.encoder.{k}": v.contiguous() for k, v in ema["text"].items()}, str(text_dir / "model.safetensors")
     )
-    drop_unshipped_words(text_dir)
     (out / "model_config.json").write_text(json.dumps(C.model_config(), indent=2) + "\n")
     (out / "training_log.json").write_text(json.dumps(log, indent=2) + "\n")
     # A round trip through the loader's own reading, so a broken export fails here, not in a test.
@@ -494,7 +487,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="stable_audio_3/assets/demo")
     parser.add_argument("--work", default="/tmp/demo_work")
-    parser.add_argument("--stage", default="all", choices=["all", "ae", "data", "dit", "polish", "export"])
+    stages = ["all", "ae", "data", "dit", "polish", "polish-noise", "export"]
+    parser.add_argument("--stage", default="all", choices=stages)
     parser.add_argument("--dit-minutes", type=float, default=C.TRAIN["dit_minutes"])
     parser.add_argument("--clips", type=int, default=C.TRAIN["dataset_clips"])
     parser.add_argument("--threads", type=int, default=2)
@@ -530,7 +524,12 @@ def main() -> None:
         train_dit(work, out, C.POLISH["minutes"], log, resume=True)
         log["polish"] = {**C.POLISH, **log["dit_sessions"][-1]}
         log_path.write_text(json.dumps(log, indent=2))
-    if args.stage in ("all", "export", "dit", "polish"):
+    if args.stage in ("all", "polish-noise"):
+        C.TRAIN.update({k: v for k, v in C.POLISH_NOISE.items() if k != "minutes"})
+        train_dit(work, out, C.POLISH_NOISE["minutes"], log, resume=True)
+        log["polish_noise"] = {**C.POLISH_NOISE, **log["dit_sessions"][-1]}
+        log_path.write_text(json.dumps(log, indent=2))
+    if args.stage in ("all", "export", "dit", "polish", "polish-noise"):
         export(work, out, log)
         log_path.write_text(json.dumps(log, indent=2))
 
