@@ -55,7 +55,7 @@ def test_int8_tier_loads_int8_blocks_bf16_rest_and_refuses_loras() -> None:
     assert m.precision == "int8-bf16"
     block = m.dit.transformer.layers[0]
     int8 = {name for name, module in block.named_modules() if isinstance(module, Int8Linear)}
-    assert int8 == {"self_attn.to_qkv", "cross_attn.to_q", "cross_attn.to_out"}
+    assert int8 == {"self_attn.to_qkv", "cross_attn.to_q", "cross_attn.to_out", "ff.ff.0.proj"}
     assert any(isinstance(module, Int8Linear) for module in m.autoencoder.decoder.modules())
     assert m.dit.dtype == torch.bfloat16 and next(m.autoencoder.parameters()).dtype == torch.bfloat16
     assert m.dit.to_timestep_embed[0].weight.dtype == torch.float32  # t is not rounded to bf16
