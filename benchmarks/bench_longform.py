@@ -6,10 +6,10 @@
 Prints JSON: for a steady tone (`sine wave a4`) the seam scores (largest sample-to-sample jump
 near each seam against the 99.9th percentile of jumps elsewhere; the RMS of the 50 ms stretches
 across each seam against the 200 ms before it) and the continuity scores (every 1 s stretch's level
-against the median, and its strongest peak against 440 Hz); for `pink noise` the levels (and,
-over six seeds, the worst level of pink and brown noise); for the
-schedule `[(0, "sine wave a4"), (half, "sine wave e5")]` the peaks before the change and from one
-window after it; how closely the two windows' decodes of each overlap agree over the crossfade (SNR
+against the median, and its strongest peak against 440 Hz); for `pink noise` the levels, and for
+pink and brown noise at six seeds from --seed on each piece's worst level; for the schedule
+`[(0, "sine wave a4"), (half, "sine wave e5")]` the peaks before the change and from one window
+after it; how closely the two windows' decodes of each overlap agree over the crossfade (SNR
 and level difference: the kept latents are continued exactly); and the timings: time to the first
 stretch, the total, and the sum of the windows' own times (sampling + decoding), so the streaming
 overhead shows.
@@ -125,19 +125,13 @@ def timed(model, **kwargs) -> tuple[object, dict]:
         "seam_level_difference_db": round(max((d for _, d in seams), default=0.0), 4)}
 
 
-def noise_by_seed(model, first_seed: int, seeds: int = 6, **common) -> dict:
-    """Each noise colour's worst 1 s level from the median, for `seeds` pieces from `first_seed` on: a
-    model's own level wanders from seed to seed, so one piece says little."""
+def noise_continuity_by_seed(model, colour: str, seeds, **kwargs) -> list[dict]:
+    """`continuity_scores` of one long piece of `colour` per seed: a model's own level wanders from
+    seed to seed, so one piece says little."""
     from stable_audio_3.longform import generate_long
 
-    common = {k: v for k, v in common.items() if k != "seed"}
-    out = {}
-    for colour in ("pink noise", "brown noise"):
-        out[colour] = {}
-        for seed in range(first_seed, first_seed + seeds):
-            piece = generate_long(model, colour, seed=seed, **common)
-            out[colour][seed] = round(continuity_scores(piece.audio, piece.sample_rate)["worst_level_db"], 2)
-    return out
+    pieces = (generate_long(model, colour, seed=seed, **kwargs) for seed in seeds)
+    return [continuity_scores(piece.audio, piece.sample_rate) for piece in pieces]
 
 
 def main() -> None:
@@ -155,6 +149,7 @@ def main() -> None:
     model = StableAudioModel.from_pretrained(args.model, device="cpu")
     settings = {k: v for k, v in (("steps", args.steps), ("cfg_scale", args.cfg_scale)) if v is not None}
     common = dict(duration=args.seconds, seed=args.seed, **settings)
+    seeds = range(args.seed, args.seed + 6)
     tone, timing = timed(model, prompt="sine wave a4", **common)
     sr, plan = tone.sample_rate, tone.plan
     seams = [w.seam for w in tone.windows[1:]]
@@ -169,7 +164,13 @@ def main() -> None:
         "noise_seams": seam_scores(noise.audio, seams, sr, plan.crossfade),
         "noise_continuity": continuity_scores(noise.audio, sr),
         "schedule": schedule_scores(scheduled.audio, sr, change, plan.window * plan.ratio / sr),
-        "noise_worst_level_db_by_seed": noise_by_seed(model, args.seed, **common),
+        "noise_worst_level_db_by_seed": {
+            colour: [
+                round(c["worst_level_db"], 2)
+                for c in noise_continuity_by_seed(model, colour, seeds, duration=args.seconds, **settings)
+            ]
+            for colour in ("pink noise", "brown noise")
+        },
     }
     print(json.dumps(report, indent=1))
 

@@ -519,16 +519,12 @@ def main() -> None:
             log.pop("dit_sessions", None)
         train_dit(work, out, args.dit_minutes, log, resume=args.resume_dit, eval_minutes=args.eval_every)
         log_path.write_text(json.dumps(log, indent=2))
-    if args.stage in ("all", "polish"):
-        C.TRAIN.update({k: v for k, v in C.POLISH.items() if k != "minutes"})
-        train_dit(work, out, C.POLISH["minutes"], log, resume=True)
-        log["polish"] = {**C.POLISH, **log["dit_sessions"][-1]}
-        log_path.write_text(json.dumps(log, indent=2))
-    if args.stage in ("all", "polish-noise"):
-        C.TRAIN.update({k: v for k, v in C.POLISH_NOISE.items() if k != "minutes"})
-        train_dit(work, out, C.POLISH_NOISE["minutes"], log, resume=True)
-        log["polish_noise"] = {**C.POLISH_NOISE, **log["dit_sessions"][-1]}
-        log_path.write_text(json.dumps(log, indent=2))
+    for stage, settings in (("polish", C.POLISH), ("polish-noise", C.POLISH_NOISE)):
+        if args.stage in ("all", stage):  # a further DiT session from the last one's weights
+            C.TRAIN.update({k: v for k, v in settings.items() if k != "minutes"})
+            train_dit(work, out, settings["minutes"], log, resume=True)
+            log[stage.replace("-", "_")] = {**settings, **log["dit_sessions"][-1]}
+            log_path.write_text(json.dumps(log, indent=2))
     if args.stage in ("all", "export", "dit", "polish", "polish-noise"):
         export(work, out, log)
         log_path.write_text(json.dumps(log, indent=2))
