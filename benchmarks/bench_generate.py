@@ -35,7 +35,15 @@ from stable_audio_3.models.conditioning import Conditioner, PromptTokenizer, Tex
 from stable_audio_3.models.dit import DiffusionTransformer
 from stable_audio_3.models.t5gemma import T5GemmaEncoder, T5GemmaEncoderConfig
 from stable_audio_3.pipeline import Components, generate
-from stable_audio_3.precision import TIERS, apply_tier, cpu_has_bf16_units, decoder_gate, describe_cpu, dit_gate
+from stable_audio_3.precision import (
+    TIERS,
+    apply_tier,
+    cpu_has_bf16_units,
+    cpu_has_int8_dot,
+    decoder_gate,
+    describe_cpu,
+    dit_gate,
+)
 from stable_audio_3.request import GenerationRequest, ModelDefaults
 
 T5_CONFIG = {  # google/t5gemma-b-b-ul2 encoder (spec §4.2; shapes confirmed by the manifest)
@@ -71,9 +79,9 @@ def randomise(module: torch.nn.Module, device: torch.device, seed: int = 0) -> t
 def default_settings(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["float32", "float16", "float16+compile", "bfloat16+compile"]
-    tiers = ["float32", "int8"]
+    tiers = ["float32", "int8"] if cpu_has_int8_dot() else ["float32"]  # without VNNI int8 is inexact
     if cpu_has_bf16_units():
-        tiers += ["bfloat16", "int8-bf16"]
+        tiers += ["bfloat16", "int8-bf16"] if cpu_has_int8_dot() else ["bfloat16"]
     return tiers + [f"{t}+compile" for t in tiers]
 
 

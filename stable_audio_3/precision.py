@@ -24,8 +24,9 @@ from .request import PRECISIONS
 
 @dataclass(frozen=True)
 class Tier:
-    """Dtypes per part; `int8`: the DiT blocks' Linear layers (but the few that cost the most SNR)
-    run int8 x int8 matrix multiplies with per-token activation and per-channel weight scales."""
+    """Dtypes per part; `int8`: the DiT blocks' per-step Linear layers (all of them with a float32
+    DiT, all but two with a bfloat16 one; see models/quant.py) and the decoder's run int8 x int8
+    matrix multiplies with per-token activation and per-channel weight scales."""
 
     dit: torch.dtype
     conditioner: torch.dtype
@@ -43,20 +44,26 @@ TIERS: dict[str, Tier] = {
     "float32": Tier(F32, F32, F32, help="the reference's CPU numbers"),
     "bfloat16": Tier(BF16, BF16, BF16, help="every part in bfloat16 (fast where the CPU has bf16 units)"),
     "float16": Tier(F16, F16, F16, help="the reference's CUDA precision"),
-    "int8": Tier(F32, F32, F32, int8=True, help="int8 DiT blocks, the rest float32 (CPUs without bf16 units)"),
-    "int8-bf16": Tier(BF16, BF16, BF16, int8=True, help="int8 DiT blocks, the rest bfloat16"),
+    "int8": Tier(F32, F32, F32, int8=True, help="int8 DiT and decoder blocks, the rest float32 (fastest on x86 CPUs)"),
+    "int8-bf16": Tier(BF16, BF16, BF16, int8=True, help="int8 DiT and decoder blocks (fewer DiT layers), "
+                      "the rest bfloat16"),
 }
 assert PRECISIONS == ("auto", *TIERS)  # request.py spells them without importing torch
 
 # The tier "auto" picks, per machine class (see `machine_class`); measured with
 # benchmarks/bench_generate.py, see the README's table.
+# With every DiT layer in int8 (Hadamard-rotated inputs), "int8" overtook "int8-bf16" on the
+# AVX512-BF16 class too: a float32 rest converts nothing around the int8 matmuls. No AMX machine has
+# been measured; there AMX-BF16 may favour the bfloat16 rest.
+# Without VNNI the int8 tiers are refused (see `cpu_has_int8_dot`), so those classes get float32.
 AUTO: dict[str, str] = {
     "cuda": "float16",
     "mps": "float32",
     "cpu-amx": "int8-bf16",
-    "cpu-avx512-bf16": "int8-bf16",
-    "cpu-avx512": "int8",
-    "cpu-avx2": "int8",
+    "cpu-avx512-bf16": "int8",
+    "cpu-vnni": "int8",
+    "cpu-avx512": "float32",
+    "cpu-avx2": "float32",
     "cpu": "float32",
 }
 
@@ -94,6 +101,8 @@ def machine_class(device: torch.device) -> str:
         return "cpu-amx"
     if f["avx512_bf16"]:
         return "cpu-avx512-bf16"
+    if cpu_has_int8_dot():
+        return "cpu-vnni"
     if f["avx512f"]:
         return "cpu-avx512"
     return "cpu-avx2" if f["avx2"] else "cpu"
@@ -106,6 +115,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     name = AUTO[machine_class(device)] if precision == "auto" else precision
     if TIERS[name].int8 and device.type != "cpu":
         raise ValueError(f"precision={precision!r} (int8) runs on the CPU only; device={device.type!r} was given")
+    if TIERS[name].int8 and not cpu_has_int8_dot():
+        raise ValueError(f"precision={precision!r} needs a CPU with int8 dot-product instructions (AVX512-VNNI, "
+                         f"AVX-VNNI or AMX-INT8); without them PyTorch's int8 matrix multiply saturates and its "
+                         f"audio is wrong. This CPU: {describe_cpu()}. Use 'auto' or 'float32'")
     if name == "float16" and device.type == "cpu":
         raise ValueError(f"precision={precision!r} is for GPUs: float16 on the CPU is slow and inexact; "
                          "use 'bfloat16', 'int8-bf16' or 'auto'")
@@ -128,10 +141,18 @@ def apply_tier(tier: Tier, dit, autoencoder, text_model=None) -> None:
     if tier.int8:
         from .models.quant import quantize_model
 
-        quantize_model(dit, autoencoder)
+        quantize_model(dit, autoencoder, rest=tier.dit)
         half = (torch.bfloat16, torch.float16)
         if text_model is not None and next(text_model.parameters()).dtype in half and not cpu_has_bf16_units():
             text_model.float()
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether `torch._int_mm` is exact here. Measured with oneDNN forced to its AVX2 code: an int8
+    x int8 product then goes through 16-bit pair sums that saturate (the result differs from the
+    exact one; a rotated int8 DiT's audio became NaN)."""
+    f = cpu_features()
+    return f["avx512_vnni"] or f["avx_vnni"] or f["amx_int8"]
 
 
 def cpu_has_bf16_units() -> bool:

@@ -15,6 +15,7 @@ from stable_audio_3.models.attention import (
     check_backend,
     dense_attention_math,
     rope_angles,
+    rope_table,
 )
 from stable_audio_3.models.same import ResamplingBlock
 
@@ -72,7 +73,7 @@ def _dense_block(block, x: torch.Tensor, mask: torch.Tensor, positions: torch.Te
     parts = attn.to_qkv(h).view(b, n, 5, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
     inv = block.rope.inv_freq
     ang = positions[:, None].float() * inv[None]
-    ang = torch.cat([ang, ang], -1)
+    ang = rope_table(torch.cat([ang, ang], -1))
     q, k, v, qd, kd = parts
     q, k = apply_rope(attn.q_norm(q), ang), apply_rope(attn.k_norm(k), ang)
     qd, kd = apply_rope(attn.q_norm(qd), ang), apply_rope(attn.k_norm(kd), ang)
@@ -140,7 +141,7 @@ def test_lengths_that_are_not_a_chunk_multiple(patches: int, latents_s: int, lat
 
 def test_rope_rotates_half_the_dims_only() -> None:
     x = torch.randn(3, 5, 8)
-    out = apply_rope(x, rope_angles(torch.tensor([1.0, 0.1]), 5))
+    out = apply_rope(x, rope_table(rope_angles(torch.tensor([1.0, 0.1]), 5)))
     assert torch.equal(out[..., 4:], x[..., 4:])
     assert torch.allclose(out[:, 0], x[:, 0])  # position 0: no rotation
     assert torch.allclose(out[..., :4].norm(dim=-1), x[..., :4].norm(dim=-1), atol=1e-5)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from golden import fixture_dir
 
-from stable_audio_3 import StableAudioModel
+from stable_audio_3 import StableAudioModel, precision
 from stable_audio_3.models.quant import Int8Linear, int8_available
 from stable_audio_3.precision import (
     AUTO,
@@ -20,6 +20,7 @@ from stable_audio_3.precision import (
     DIT_GATE_DB,
     TIERS,
     cpu_features,
+    cpu_has_int8_dot,
     decoder_gate,
     dit_gate,
     machine_class,
@@ -30,7 +31,24 @@ from training.demo import evaluate as ev
 DEMO = Path(__file__).resolve().parents[1] / "stable_audio_3" / "assets" / "demo"
 CPU = torch.device("cpu")
 CPU_AUTO_TIERS = sorted({tier for key, tier in AUTO.items() if key.startswith("cpu") and tier != "float32"})
-needs_int8 = pytest.mark.skipif(not int8_available(), reason="this PyTorch build has no CPU int8 matmul")
+needs_int8 = pytest.mark.skipif(not (int8_available() and cpu_has_int8_dot()),
+                                reason="no exact CPU int8 matmul here (this PyTorch build or a CPU without VNNI)")
+
+
+def test_int8_tiers_are_refused_without_vnni_and_auto_picks_float32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without int8 dot-product instructions the int8 matrix multiply saturates: no int8
+    tier there, explicit or automatic."""
+    avx2_only = {name: name == "avx2" for name in precision.CPU_FEATURES}
+    monkeypatch.setattr(precision, "cpu_features", lambda: avx2_only)
+    assert machine_class(CPU) == "cpu-avx2" and resolve_precision("auto", CPU) == "float32"
+    for tier in ("int8", "int8-bf16"):
+        with pytest.raises(ValueError, match=rf"^precision='{tier}' needs a CPU with int8 dot-product instructions "
+                                             r"\(AVX512-VNNI, AVX-VNNI or AMX-INT8\); without them .* This CPU: AVX2 "
+                                             r"\(no AVX-512, .*\)\. Use 'auto' or 'float32'$"):
+            resolve_precision(tier, CPU)
+    with_vnni = dict(avx2_only, avx_vnni=True)
+    monkeypatch.setattr(precision, "cpu_features", lambda: with_vnni)
+    assert machine_class(CPU) == "cpu-vnni" and resolve_precision("auto", CPU) == "int8"
 
 
 def test_auto_is_looked_up_from_the_machine_and_bad_values_are_refused() -> None:
@@ -54,8 +72,8 @@ def test_int8_tier_loads_int8_blocks_bf16_rest_and_refuses_loras() -> None:
     m = StableAudioModel.from_pretrained(fixture_dir("tiny-small"), device="cpu", precision="int8-bf16")
     assert m.precision == "int8-bf16"
     block = m.dit.transformer.layers[0]
-    int8 = {name for name, module in block.named_modules() if isinstance(module, Int8Linear)}
-    assert int8 == {"self_attn.to_qkv", "cross_attn.to_q", "cross_attn.to_out", "ff.ff.0.proj"}
+    int8 = {name: module.rotate for name, module in block.named_modules() if isinstance(module, Int8Linear)}
+    assert int8 == {"self_attn.to_qkv": 16, "cross_attn.to_q": 16, "cross_attn.to_out": 16, "ff.ff.0.proj": 16}
     assert any(isinstance(module, Int8Linear) for module in m.autoencoder.decoder.modules())
     assert m.dit.dtype == torch.bfloat16 and next(m.autoencoder.parameters()).dtype == torch.bfloat16
     assert m.dit.to_timestep_embed[0].weight.dtype == torch.float32  # t is not rounded to bf16
@@ -63,6 +81,21 @@ def test_int8_tier_loads_int8_blocks_bf16_rest_and_refuses_loras() -> None:
     assert audio.shape == (1, 2, 2 * m.sample_rate) and audio.dtype == torch.float32 and torch.isfinite(audio).all()
     with pytest.raises(ValueError, match=r"^load_lora: this model was loaded with precision='int8-bf16', whose int8"):
         m.load_lora("any.safetensors")
+
+
+@needs_int8
+def test_int8_tier_with_a_float32_rest_converts_every_per_step_layer() -> None:
+    """With the DiT's other layers in float32 the feed-forward and self-attention outputs run int8
+    too; every int8 input is turned by Hadamard blocks; only prepare()'s once-per-run projections
+    stay float."""
+    m = StableAudioModel.from_pretrained(fixture_dir("tiny-small"), device="cpu", precision="int8")
+    block = m.dit.transformer.layers[0]
+    int8 = {name: module.rotate for name, module in block.named_modules() if isinstance(module, Int8Linear)}
+    assert int8 == dict.fromkeys(["self_attn.to_qkv", "self_attn.to_out", "cross_attn.to_q", "cross_attn.to_out",
+                                  "ff.ff.0.proj", "ff.ff.2"], 16)
+    assert type(block.cross_attn.to_kv) is torch.nn.Linear and m.dit.dtype == torch.float32
+    audio = m.generate("lofi house loop", duration=2.0, seed=4, steps=4)
+    assert audio.shape == (1, 2, 2 * m.sample_rate) and torch.isfinite(audio).all()
 
 
 # -- the gates on the trained demo model ----------------------------------------------------------

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from golden import rel_err
 
 from stable_audio_3.models.dit import DiffusionTransformer
-from stable_audio_3.models.quant import Int8Linear, quantize_linears
+from stable_audio_3.models.quant import Int8Linear, hadamard, quantize_linears
 
 
 def snr_db(ref: torch.Tensor, other: torch.Tensor) -> float:
@@ -28,11 +29,34 @@ def test_int8_linear_is_close_to_the_float_layer_and_keeps_shape_and_dtype() -> 
     assert snr_db(linear(loud[1]).detach(), q(loud)[1]) > 33
 
 
+def test_hadamard_is_orthonormal_and_refuses_other_sizes() -> None:
+    h = hadamard(16)
+    assert torch.allclose(h @ h.T, torch.eye(16), atol=1e-6) and set(h.abs().unique().tolist()) == {0.25}
+    with pytest.raises(ValueError, match=r"^size=12 is invalid; a power of two$"):
+        hadamard(12)
+
+
+def test_rotated_int8_linear_keeps_heavy_tailed_inputs_that_plain_int8_loses() -> None:
+    """A GLU-like input (a product of two Gaussians, a few loud features): turning each block of
+    16 features by a Hadamard matrix before the per-token scale is taken gains resolution; the
+    layer still computes the same product."""
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(1024, 256)
+    x = torch.randn(300, 1024) * torch.nn.functional.silu(torch.randn(300, 1024))
+    x[:, :4] *= 20
+    exact = linear(x).detach()
+    plain, rotated = snr_db(exact, Int8Linear(linear)(x)), snr_db(exact, Int8Linear(linear, rotate=16)(x))
+    assert rotated > plain + 6 and rotated > 33, (plain, rotated)
+
+
 def test_quantize_linears_replaces_every_linear_but_the_kept_ones() -> None:
     net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Sequential(torch.nn.Linear(8, 4)))
     assert quantize_linears(net, keep=("2.0",)) == 1
     assert isinstance(net[0], Int8Linear) and type(net[2][0]) is torch.nn.Linear
     assert isinstance(net[1], torch.nn.GELU)
+    net = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.Linear(24, 8))
+    assert quantize_linears(net, rotate=16) == 2
+    assert (net[0].rotate, net[1].rotate) == (16, 0)  # 16 does not divide 24
 
 
 def tiny_dit() -> DiffusionTransformer:

@@ -70,12 +70,20 @@ def rope_angles(inv_freq: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat((freqs, freqs), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """NeoX rotate-half RoPE on the first `angles.shape[-1]` dims; computed in float32."""
-    rot = angles.shape[-1]
+def rope_table(angles: torch.Tensor) -> torch.Tensor:
+    """(2, length, rot): the cosines and sines of `angles`. Made once per forward, outside the
+    compiled blocks: inside one, inductor fuses sin / cos into every head's rotation and evaluates
+    them per element, in scalar code (a third of the SAME decoder's time on the CPU)."""
+    return torch.stack((angles.cos(), angles.sin()))
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """NeoX rotate-half RoPE on the first `table.shape[-1]` dims (`table` from `rope_table`);
+    computed in float32."""
+    rot = table.shape[-1]
     x32 = x.float()
     head, tail = x32[..., :rot], x32[..., rot:]
-    head = head * angles.cos() + rotate_half(head) * angles.sin()
+    head = head * table[0] + rotate_half(head) * table[1]
     return torch.cat((head, tail), dim=-1).to(x.dtype)
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import apply_rope, attention, check_backend, dense_attention_math, rope_angles
+from .attention import apply_rope, attention, check_backend, dense_attention_math, rope_angles, rope_table
 from .fourier import expo_fourier_features, frequencies_on
 from .same import FeedForward
 
@@ -116,8 +116,8 @@ class Attention(nn.Module):
         backend: str = "auto",
         context_kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x (B, N, E) -> (B, N, E). `rope` angles apply to q and k; `key_mask` (B, 1, 1, N) hides
-        keys; `value_mask` (B, 1, N, 1) multiplies the values (the "zero-values" padding);
+        """x (B, N, E) -> (B, N, E). `rope` (a `rope_table`) rotates q and k; `key_mask` (B, 1, 1, N)
+        hides keys; `value_mask` (B, 1, N, 1) multiplies the values (the "zero-values" padding);
         `context_kv` is to_kv(context) when the caller already has it."""
         # Chunk orders of the checkpoints: q, k, v[, q', k'] (self); q[, q'] and k[, k'], v (cross).
         if self.cross:
@@ -180,15 +180,16 @@ class TransformerBlock(nn.Module):
     ) -> torch.Tensor:
         """x (B, N, E); modulation (B, 6E) from the global embedding; `context_kv` this block's
         cross-attention keys/values and `local` its local-add embedding (both step-invariant, see
-        `DiffusionTransformer.prepare`); `padding` says which tokens get self-attention and
-        feed-forward updates."""
+        `DiffusionTransformer.prepare`); `rope` the `rope_table` of all N positions; `padding` says
+        which tokens get self-attention and feed-forward updates."""
         scale_sa, shift_sa, gate_sa, scale_ff, shift_ff, gate_ff = (
             (self.to_scale_shift_gate + modulation).unsqueeze(1).chunk(6, dim=-1)
         )
         n = padding.active
         # The gate enters as sigmoid(1 - gate), as the checkpoints were trained.
         h = self.pre_norm(x[:, :n]) * (1 + scale_sa) + shift_sa
-        h = self.self_attn(h, rope=rope[:n], key_mask=padding.key_mask, value_mask=padding.value_mask, backend=backend)
+        h = self.self_attn(h, rope=rope[:, :n], key_mask=padding.key_mask, value_mask=padding.value_mask,
+                           backend=backend)
         x = padding.add_update(x, h * torch.sigmoid(1 - gate_sa))
 
         x = x + self.cross_attn(self.cross_attend_norm(x), context_kv=context_kv, backend=backend)
@@ -322,7 +323,7 @@ class ContinuousTransformer(nn.Module):
         x = self.project_in(x)
         if self.num_memory_tokens > 0:
             x = torch.cat([self.memory_tokens.expand(b, -1, -1), x], dim=1)
-        rope = self.rotary_pos_emb.angles(x.shape[1])  # memory tokens take positions 0..M-1
+        rope = rope_table(self.rotary_pos_emb.angles(x.shape[1]))  # memory tokens take positions 0..M-1
         modulation = self.global_cond_embedder(global_embed)
         for layer, kv, loc in zip(self.layers, context_kv, local, strict=True):
             x = layer(x, modulation, kv, loc, rope, padding, backend)

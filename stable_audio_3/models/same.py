@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import apply_rope, attention, check_backend, rope_angles
+from .attention import apply_rope, attention, check_backend, rope_angles, rope_table
 from .noise import GLOBAL, NoiseSource
 
 PI = 3.14159265359  # the literal the reference's sin(pi x) activation uses
@@ -90,7 +90,7 @@ class DiffSelfAttention(nn.Module):
         self.q_norm = DyT(dim_heads)
         self.k_norm = DyT(dim_heads)
 
-    def forward(self, x: torch.Tensor, angles: torch.Tensor, window: tuple[int, int] | None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, window: tuple[int, int] | None,
                 backend: str) -> torch.Tensor:
         b, n, _ = x.shape
         parts = self.to_qkv(x).unflatten(-1, (-1, self.heads, x.shape[-1] // self.heads)).permute(0, 2, 3, 1, 4)
@@ -99,8 +99,8 @@ class DiffSelfAttention(nn.Module):
         if self.differential:
             q = torch.stack((q, parts[:, 3]), dim=1)
             k = torch.stack((k, parts[:, 4]), dim=1)
-        q = apply_rope(self.q_norm(q), angles).to(v.dtype)
-        k = apply_rope(self.k_norm(k), angles).to(v.dtype)
+        q = apply_rope(self.q_norm(q), rope).to(v.dtype)
+        k = apply_rope(self.k_norm(k), rope).to(v.dtype)
         if self.differential:
             out = attention(q[:, 0], k[:, 0], v, window=window, backend=backend)
             out = out - attention(q[:, 1], k[:, 1], v, window=window, backend=backend)
@@ -124,15 +124,19 @@ class SAMEBlock(nn.Module):
         self.rope = nn.Module()
         self.rope.register_buffer("inv_freq", inv_freq)
 
-    def forward(self, x: torch.Tensor, window: tuple[int, int] | None, backend: str,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
-        """`positions`: the RoPE position of each token (default 0..N-1)."""
+    def rope_table(self, length: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """The RoPE table `forward` takes, for tokens at `positions` (default 0..length-1). Apart
+        from `forward` so that a compiled block reads it rather than recomputing it per element."""
         if positions is None:
-            angles = rope_angles(self.rope.inv_freq, x.shape[-2])
-        else:  # the same float32 products rope_angles makes for these positions
-            freqs = torch.outer(positions.to(self.rope.inv_freq.device, torch.float32), self.rope.inv_freq.float())
-            angles = torch.cat((freqs, freqs), dim=-1)
-        x = x + self.self_attn(self.pre_norm(x), angles, window, backend)
+            return rope_table(rope_angles(self.rope.inv_freq, length))
+        # the same float32 products rope_angles makes for these positions
+        freqs = torch.outer(positions.to(self.rope.inv_freq.device, torch.float32), self.rope.inv_freq.float())
+        return rope_table(torch.cat((freqs, freqs), dim=-1))
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, window: tuple[int, int] | None,
+                backend: str) -> torch.Tensor:
+        """`rope`: `self.rope_table(...)` for x's tokens."""
+        x = x + self.self_attn(self.pre_norm(x), rope, window, backend)
         return x + self.ff(self.ff_norm(x))
 
 
@@ -203,14 +207,14 @@ class ResamplingBlock(nn.Module):
     def _run_stack(self, x: torch.Tensor, backend: str, positions: torch.Tensor | None = None) -> torch.Tensor:
         if self.window is not None:
             for block in self.transformers:
-                x = block(x, self.window, backend, positions)
+                x = block(x, block.rope_table(x.shape[1], positions), self.window, backend)
             return x
         b = x.shape[0]
         c = self.attn_chunk
         split = self.depth // 2 if self.midpoint_shift else self.depth
         x = x.reshape(-1, c, x.shape[-1])
         for block in self.transformers[:split]:
-            x = block(x, None, backend)
+            x = block(x, block.rope_table(c), None, backend)
         x = x.reshape(b, -1, x.shape[-1])
         if split == self.depth:
             return x
@@ -219,7 +223,7 @@ class ResamplingBlock(nn.Module):
         shift = c // 2
         x = torch.cat([x[:, :shift], x, x[:, -shift:]], dim=1).reshape(-1, c, x.shape[-1])
         for block in self.transformers[split:]:
-            x = block(x, None, backend)
+            x = block(x, block.rope_table(c), None, backend)
         return x.reshape(b, -1, x.shape[-1])[:, shift:-shift]
 
     def forward(self, x: torch.Tensor, noise: bool = True, backend: str = "auto",
