@@ -44,7 +44,8 @@ TIERS: dict[str, Tier] = {
     "float32": Tier(F32, F32, F32, help="the reference's CPU numbers"),
     "bfloat16": Tier(BF16, BF16, BF16, help="every part in bfloat16 (fast where the CPU has bf16 units)"),
     "float16": Tier(F16, F16, F16, help="the reference's CUDA precision"),
-    "int8": Tier(F32, F32, F32, int8=True, help="int8 DiT and decoder blocks, the rest float32 (fastest on x86 CPUs)"),
+    "int8": Tier(F32, F32, F32, int8=True, help="int8 DiT and decoder blocks, the rest float32 "
+                 "(fastest on CPUs with VNNI)"),
     "int8-bf16": Tier(BF16, BF16, BF16, int8=True, help="int8 DiT and decoder blocks (fewer DiT layers), "
                       "the rest bfloat16"),
 }
