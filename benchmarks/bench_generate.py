@@ -79,9 +79,8 @@ def randomise(module: torch.nn.Module, device: torch.device, seed: int = 0) -> t
 def default_settings(device: torch.device) -> list[str]:
     if device.type == "cuda":
         return ["float32", "float16", "float16+compile", "bfloat16+compile"]
-    tiers = ["float32", "int8"] if cpu_has_int8_dot() else ["float32"]  # without VNNI int8 is inexact
-    if cpu_has_bf16_units():
-        tiers += ["bfloat16", "int8-bf16"] if cpu_has_int8_dot() else ["bfloat16"]
+    tiers = ["float32", "int8"] + (["bfloat16", "int8-bf16"] if cpu_has_bf16_units() else [])
+    tiers = [t for t in tiers if cpu_has_int8_dot() or not TIERS[t].int8]  # without VNNI int8 is inexact
     return tiers + [f"{t}+compile" for t in tiers]
 
 

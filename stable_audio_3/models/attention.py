@@ -63,10 +63,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope_angles(inv_freq: torch.Tensor, length: int) -> torch.Tensor:
-    """(length, 2 * len(inv_freq)) rotation angles for positions 0..length-1, in float32."""
-    positions = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
-    freqs = torch.outer(positions, inv_freq.float())
+def rope_angles(inv_freq: torch.Tensor, length: int, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(length, 2 * len(inv_freq)) rotation angles for `positions` (default 0..length-1), in float32."""
+    if positions is None:
+        positions = torch.arange(length, device=inv_freq.device, dtype=torch.float32)
+    freqs = torch.outer(positions.to(inv_freq.device, torch.float32), inv_freq.float())
     return torch.cat((freqs, freqs), dim=-1)
 
 

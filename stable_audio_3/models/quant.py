@@ -121,6 +121,5 @@ def quantize_model(dit: nn.Module, autoencoder: nn.Module, rest: torch.dtype = t
     if not int8_available():
         raise RuntimeError("the int8 precision tiers need PyTorch's CPU int8 matrix multiply "
                            "(torch._int_mm), absent from this build; use precision='bfloat16' or 'float32'")
-    keep = DIT_KEPT_FLOAT[torch.float32 if rest == torch.float32 else torch.bfloat16]
-    converted = quantize_linears(dit.transformer.layers, keep, rotate=ROTATION_BLOCK)
+    converted = quantize_linears(dit.transformer.layers, DIT_KEPT_FLOAT[rest], rotate=ROTATION_BLOCK)
     return converted + sum(quantize_linears(block) for block in autoencoder.decoder_blocks())

@@ -127,11 +127,7 @@ class SAMEBlock(nn.Module):
     def rope_table(self, length: int, positions: torch.Tensor | None = None) -> torch.Tensor:
         """The RoPE table `forward` takes, for tokens at `positions` (default 0..length-1). Apart
         from `forward` so that a compiled block reads it rather than recomputing it per element."""
-        if positions is None:
-            return rope_table(rope_angles(self.rope.inv_freq, length))
-        # the same float32 products rope_angles makes for these positions
-        freqs = torch.outer(positions.to(self.rope.inv_freq.device, torch.float32), self.rope.inv_freq.float())
-        return rope_table(torch.cat((freqs, freqs), dim=-1))
+        return rope_table(rope_angles(self.rope.inv_freq, length, positions))
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, window: tuple[int, int] | None,
                 backend: str) -> torch.Tensor:
