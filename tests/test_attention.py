@@ -73,7 +73,7 @@ def _dense_block(block, x: torch.Tensor, mask: torch.Tensor, positions: torch.Te
     parts = attn.to_qkv(h).view(b, n, 5, attn.heads, d // attn.heads).permute(2, 0, 3, 1, 4)
     inv = block.rope.inv_freq
     ang = positions[:, None].float() * inv[None]
-    ang = rope_table(torch.cat([ang, ang], -1))
+    ang = rope_table(torch.cat([ang, ang], -1), d // attn.heads)
     q, k, v, qd, kd = parts
     q, k = apply_rope(attn.q_norm(q), ang), apply_rope(attn.k_norm(k), ang)
     qd, kd = apply_rope(attn.q_norm(qd), ang), apply_rope(attn.k_norm(kd), ang)
@@ -139,9 +139,22 @@ def test_lengths_that_are_not_a_chunk_multiple(patches: int, latents_s: int, lat
     assert torch.allclose(s(x), s(padded))
 
 
+def test_rope_is_the_textbook_rotate_half_bit_for_bit() -> None:
+    x = torch.randn(2, 3, 7, 64)
+    angles = rope_angles(1.0 / (10000 ** (torch.arange(0, 32, 2).float() / 32)), 7)
+    head, tail = x[..., :32], x[..., 32:]
+    half = torch.cat((-head[..., 16:], head[..., :16]), dim=-1)
+    textbook = torch.cat((head * angles.cos() + half * angles.sin(), tail), dim=-1)
+    assert torch.equal(apply_rope(x, rope_table(angles, 64)), textbook)
+    # (B, N, H, D) heads: the table takes a head axis after N.
+    assert torch.equal(apply_rope(x.transpose(1, 2), rope_table(angles, 64)[:, :, None]), textbook.transpose(1, 2))
+    with pytest.raises(ValueError, match="RoPE over 32 of 48 features"):
+        rope_table(angles, 48)
+
+
 def test_rope_rotates_half_the_dims_only() -> None:
     x = torch.randn(3, 5, 8)
-    out = apply_rope(x, rope_table(rope_angles(torch.tensor([1.0, 0.1]), 5)))
+    out = apply_rope(x, rope_table(rope_angles(torch.tensor([1.0, 0.1]), 5), 8))
     assert torch.equal(out[..., 4:], x[..., 4:])
     assert torch.allclose(out[:, 0], x[:, 0])  # position 0: no rotation
     assert torch.allclose(out[..., :4].norm(dim=-1), x[..., :4].norm(dim=-1), atol=1e-5)

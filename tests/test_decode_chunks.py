@@ -114,17 +114,19 @@ def test_every_latent_is_decoded_once_where_nothing_differs_between_chunks() -> 
     ae = tiny("same-s")
     calls, handle = count_decoder_latents(ae)
     try:
-        ae.decode_audio(latents(1, 300), chunked=True, noise=False)
+        ae.decode_audio(latents(1, 300), chunked=True, noise=False, chunks_per_pass=8)
         assert calls == [300]  # the overlapping chunks decode 3 * 128 = 384
         # With noise, the chunks' draws differ around each of the 2 boundaries: reach 3 latents of
         # context each way, rounded out to the 2-latent grid, 8 latents a boundary.
         calls.clear()
-        ae.decode_audio(latents(1, 300), chunked=True, noise=True)
+        ae.decode_audio(latents(1, 300), chunked=True, noise=True, chunks_per_pass=8)
         assert calls == [300 + 2 * 8]
-        # A pass per chunk: spans [0, 116), [108, 192), [184, 300), context at both boundaries.
-        calls.clear()
-        ae.decode_audio(latents(1, 300), chunked=True, noise=False, chunks_per_pass=1)
-        assert calls == [116, 84, 116]
+        # A pass per chunk (the default): spans [0, 116), [108, 192), [184, 300), context at both
+        # boundaries, with noise or without.
+        for noise in (False, True):
+            calls.clear()
+            ae.decode_audio(latents(1, 300), chunked=True, noise=noise)
+            assert calls == [116, 84, 116]
     finally:
         handle.remove()
 

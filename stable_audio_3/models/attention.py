@@ -58,11 +58,6 @@ def flash_available(q: torch.Tensor) -> bool:
     return _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 def rope_angles(inv_freq: torch.Tensor, length: int, positions: torch.Tensor | None = None) -> torch.Tensor:
     """(length, 2 * len(inv_freq)) rotation angles for `positions` (default 0..length-1), in float32."""
     if positions is None:
@@ -71,21 +66,33 @@ def rope_angles(inv_freq: torch.Tensor, length: int, positions: torch.Tensor | N
     return torch.cat((freqs, freqs), dim=-1)
 
 
-def rope_table(angles: torch.Tensor) -> torch.Tensor:
-    """(2, length, rot): the cosines and sines of `angles`. Made once per forward, outside the
-    compiled blocks: inside one, inductor fuses sin / cos into every head's rotation and evaluates
-    them per element, in scalar code (a third of the SAME decoder's time on the CPU)."""
-    return torch.stack((angles.cos(), angles.sin()))
+def rope_table(angles: torch.Tensor, dim: int) -> torch.Tensor:
+    """(2, length, dim // rot, 2, rot // 2) factors that `apply_rope` multiplies a head of `dim`
+    features by, for `angles` (length, rot) from `rope_angles`: NeoX rotate-half RoPE on the
+    first `rot` features, the others kept (factors 1 and 0).
+
+    Made once per forward, outside the compiled blocks: inside one, inductor fuses sin / cos into
+    every head's rotation and evaluates them per element, in scalar code."""
+    length, rot = angles.shape
+    if rot % 2 or dim % rot:
+        raise ValueError(f"RoPE over {rot} of {dim} features: the rotated features must be even and divide the head")
+    cos, sin = angles[:, : rot // 2].cos(), angles[:, : rot // 2].sin()
+    table = torch.zeros(2, length, dim // rot, 2, rot // 2, device=angles.device)
+    table[0, :, 1:] = 1
+    table[0, :, 0, 0], table[0, :, 0, 1] = cos, cos
+    table[1, :, 0, 0], table[1, :, 0, 1] = -sin, sin
+    return table
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """NeoX rotate-half RoPE on the first `table.shape[-1]` dims (`table` from `rope_table`);
-    computed in float32."""
-    rot = table.shape[-1]
-    x32 = x.float()
-    head, tail = x32[..., :rot], x32[..., rot:]
-    head = head * table[0] + rotate_half(head) * table[1]
-    return torch.cat((head, tail), dim=-1).to(x.dtype)
+    """RoPE on x (..., N, dim) with `table` from `rope_table` (insert axes between its N and its
+    features to broadcast over heads); computed in float32.
+
+    The rotated half is x's own features in swapped halves (a flip), scaled by signed sines: the
+    products and sums of the textbook `x cos + rotate_half(x) sin`, bit for bit, without the
+    concatenations that made the compiled kernels copy every head twice."""
+    halves = x.float().unflatten(-1, table.shape[-3:])
+    return (halves * table[0] + halves.flip(-2) * table[1]).flatten(-3).to(x.dtype)
 
 
 @lru_cache(maxsize=64)

@@ -323,7 +323,8 @@ class ContinuousTransformer(nn.Module):
         x = self.project_in(x)
         if self.num_memory_tokens > 0:
             x = torch.cat([self.memory_tokens.expand(b, -1, -1), x], dim=1)
-        rope = rope_table(self.rotary_pos_emb.angles(x.shape[1]))  # memory tokens take positions 0..M-1
+        # Memory tokens take positions 0..M-1.
+        rope = rope_table(self.rotary_pos_emb.angles(x.shape[1]), self.layers[0].self_attn.dim_heads)
         modulation = self.global_cond_embedder(global_embed)
         for layer, kv, loc in zip(self.layers, context_kv, local, strict=True):
             x = layer(x, modulation, kv, loc, rope, padding, backend)
