@@ -424,8 +424,9 @@ class SAMEAutoencoder(nn.Module):
         however long the audio. One chunk per pass is the fastest measured on the CPU (int8 +
         compile, 2-core EPYC: 1.35x at 388 latents and 1.45x at 1357 against 8 per pass; 1 and 2
         within noise of each other): a pass's activations stay small enough for the allocator to
-        reuse instead of mapping and zeroing fresh pages every block. Where a trim is shorter than the reach, chunk edges show in the
-        kept audio and the overlapping chunks are decoded as before.
+        reuse instead of mapping and zeroing fresh pages every block. Where a trim is shorter
+        than the reach, chunk edges show in the kept audio and the overlapping chunks are decoded
+        as before.
 
         `on_chunk(audio, start_sample)` receives each stretch as soon as it is final (after each
         pass; the whole audio at once when not chunked), in order, so a caller can stream it.
