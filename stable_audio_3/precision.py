@@ -121,8 +121,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
                          f"AVX-VNNI or AMX-INT8); without them PyTorch's int8 matrix multiply saturates and its "
                          f"audio is wrong. This CPU: {describe_cpu()}. Use 'auto' or 'float32'")
     if name == "float16" and device.type == "cpu":
-        raise ValueError(f"precision={precision!r} is for GPUs: float16 on the CPU is slow and inexact; "
-                         "use 'bfloat16', 'int8-bf16' or 'auto'")
+        here = "'auto', 'bfloat16' or 'int8-bf16'" if cpu_has_int8_dot() else "'auto' or 'bfloat16'"
+        raise ValueError(f"precision={precision!r} is for GPUs: float16 on the CPU is slow and inexact; use {here}")
     return name
 
 

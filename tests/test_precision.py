@@ -46,9 +46,15 @@ def test_int8_tiers_are_refused_without_vnni_and_auto_picks_float32(monkeypatch:
                                              r"\(AVX512-VNNI, AVX-VNNI or AMX-INT8\); without them .* This CPU: AVX2 "
                                              r"\(no AVX-512, .*\)\. Use 'auto' or 'float32'$"):
             resolve_precision(tier, CPU)
+    # float16's refusal suggests only tiers this CPU can run.
+    with pytest.raises(ValueError, match=r"^precision='float16' is for GPUs: .*; use 'auto' or 'bfloat16'$"):
+        resolve_precision("float16", CPU)
     with_vnni = dict(avx2_only, avx_vnni=True)
     monkeypatch.setattr(precision, "cpu_features", lambda: with_vnni)
     assert machine_class(CPU) == "cpu-vnni" and resolve_precision("auto", CPU) == "int8"
+    with pytest.raises(ValueError, match=r"^precision='float16' is for GPUs: .*; use 'auto', 'bfloat16' or "
+                                         r"'int8-bf16'$"):
+        resolve_precision("float16", CPU)
 
 
 def test_auto_is_looked_up_from_the_machine_and_bad_values_are_refused() -> None:
