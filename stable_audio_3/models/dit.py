@@ -138,7 +138,7 @@ class Attention(nn.Module):
             q = self.q_norm(self._split_heads(q)).to(v.dtype)
             k = self.k_norm(self._split_heads(k)).to(v.dtype)
             if rope is not None:
-                q, k = apply_rope(q, rope).to(v.dtype), apply_rope(k, rope).to(v.dtype)
+                q, k = apply_rope(q, rope), apply_rope(k, rope)  # keeps their dtype, v's
             o = _attend(q, k, v, key_mask, backend)
             out = o if out is None else out - o
         return self.to_out(out.transpose(1, 2).flatten(2))
@@ -297,6 +297,7 @@ class ContinuousTransformer(nn.Module):
         self.project_in = nn.Linear(dim_in, dim, bias=False)
         self.project_out = nn.Linear(dim, dim_out, bias=False)
         self.rotary_pos_emb = RotaryEmbedding(max(dim_heads // 2, 32))
+        self.dim_heads = dim_heads
         self.num_memory_tokens = num_memory_tokens
         if num_memory_tokens > 0:
             self.memory_tokens = nn.Parameter(torch.zeros(num_memory_tokens, dim))
@@ -324,7 +325,7 @@ class ContinuousTransformer(nn.Module):
         if self.num_memory_tokens > 0:
             x = torch.cat([self.memory_tokens.expand(b, -1, -1), x], dim=1)
         # Memory tokens take positions 0..M-1.
-        rope = rope_table(self.rotary_pos_emb.angles(x.shape[1]), self.layers[0].self_attn.dim_heads)
+        rope = rope_table(self.rotary_pos_emb.angles(x.shape[1]), self.dim_heads)
         modulation = self.global_cond_embedder(global_embed)
         for layer, kv, loc in zip(self.layers, context_kv, local, strict=True):
             x = layer(x, modulation, kv, loc, rope, padding, backend)
