@@ -93,13 +93,14 @@ def continuity_scores(audio: torch.Tensor, sample_rate: int, pitch_hz: float | N
 def schedule_scores(audio: torch.Tensor, sample_rate: int, change_seconds: float, window_seconds: float,
                     before_hz: float = A4, after_hz: float = E5) -> dict:
     """The peaks of the 1 s stretches that end by the change (against `before_hz`) and of those that start
-    one window or more after it (against `after_hz`): the worst relative errors."""
+    one window or more after it (against `after_hz`): the worst relative errors, None where the piece
+    has no such stretch (a piece shorter than the change plus one window and a second)."""
     stretches = second_stretches(audio, sample_rate)
     before = [peak_hz(s, sample_rate) for k, s in enumerate(stretches) if k + 1 <= change_seconds]
     after = [peak_hz(s, sample_rate) for k, s in enumerate(stretches) if k >= change_seconds + window_seconds]
     return {"before_hz": [round(p, 1) for p in before], "after_hz": [round(p, 1) for p in after],
-            "worst_before_error": max(abs(p / before_hz - 1) for p in before),
-            "worst_after_error": max(abs(p / after_hz - 1) for p in after)}
+            "worst_before_error": max((abs(p / before_hz - 1) for p in before), default=None),
+            "worst_after_error": max((abs(p / after_hz - 1) for p in after), default=None)}
 
 
 def timed(model, **kwargs) -> tuple[object, dict]:

@@ -231,6 +231,15 @@ def test_noise_colour_keeps_its_level(model, colour):
     assert max(worst) <= LEVEL_DB + 1, worst
 
 
+def test_schedule_scores_of_a_piece_too_short_to_judge_are_none():
+    """A piece that ends before one window past the change has no stretch to judge: None, not a crash."""
+    t = torch.arange(3 * SR) / SR
+    tone = torch.sin(2 * torch.pi * A4 * t).expand(2, -1)
+    scores = schedule_scores(tone, SR, 2, 5.0, A4, E5)
+    assert scores["after_hz"] == [] and scores["worst_after_error"] is None, scores
+    assert len(scores["before_hz"]) == 2 and scores["worst_before_error"] < 0.01, scores
+
+
 def test_schedule_changes_the_pitch_through_the_api(model):
     piece = generate_long(model, schedule=[(0, "sine wave a4"), (10, "sine wave e5")], duration=20, seed=3, **FAST)
     scores = schedule_scores(piece.audio, SR, 10, piece.plan.window_seconds, A4, E5)
