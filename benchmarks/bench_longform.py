@@ -164,7 +164,7 @@ def main() -> None:
         "tone_continuity": continuity_scores(tone.audio, sr, A4),
         "noise_seams": seam_scores(noise.audio, seams, sr, plan.crossfade),
         "noise_continuity": continuity_scores(noise.audio, sr),
-        "schedule": schedule_scores(scheduled.audio, sr, change, plan.window * plan.ratio / sr),
+        "schedule": schedule_scores(scheduled.audio, sr, change, plan.window_seconds),
         "noise_worst_level_db_by_seed": {
             colour: [
                 round(c["worst_level_db"], 2)

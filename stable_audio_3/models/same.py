@@ -100,7 +100,7 @@ class DiffSelfAttention(nn.Module):
         rope = rope[:, :, None]  # broadcast over the heads
         v = v.transpose(1, 2)
         out = None
-        for q, k in [(q0, k0), tuple(diff)] if self.differential else [(q0, k0)]:
+        for q, k in [(q0, k0), *([tuple(diff)] if diff else [])]:  # diff: [q_diff, k_diff] or []
             q = apply_rope(self.q_norm(q), rope).to(v.dtype).transpose(1, 2)
             k = apply_rope(self.k_norm(k), rope).to(v.dtype).transpose(1, 2)
             o = attention(q, k, v, window=window, backend=backend)
